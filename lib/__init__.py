@@ -1,0 +1,1 @@
+"""Machinery behind train.py, predict.py, sweep.py and ensemble.py."""
