@@ -1,0 +1,89 @@
+"""Mixed precision and the one gradient step: scale -> backward -> unscale -> clip -> step.
+
+fp16 needs a GradScaler (its range is too small for raw gradients); bf16 has fp32's range and
+needs none; fp32 runs without autocast. Master weights stay fp32 in every mode. When the fp16
+scaler skips a step because of inf/NaN gradients, the step did not happen, so the caller must not
+advance the learning-rate schedule (the HF Trainer's behaviour).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import ContextManager
+
+import torch
+
+from lib.errors import UserError
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {requested}: CUDA is not available on this machine")
+    return torch.device(requested)
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """auto: bf16 on CUDA GPUs that support it, fp16 on older ones, fp32 on CPU."""
+    if requested == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if requested == "fp16" and device.type != "cuda":
+        raise UserError("--precision fp16: needs a CUDA device (use bf16 or fp32 on CPU)")
+    if requested == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--precision bf16: this GPU does not support bf16 (use fp16)")
+    return requested
+
+
+def autocast(precision: str, device: torch.device) -> ContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    grad_norm: torch.Tensor  # kept on the device: reading it is a host sync, done only when logging
+    applied: bool  # False when the fp16 scaler skipped the step because of inf/NaN gradients
+
+
+def accumulate_window(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], loss_fn: torch.nn.Module,
+                      scaler: torch.amp.GradScaler, precision: str, device: torch.device) -> torch.Tensor:
+    """Forward and backward over one accumulation window; returns the window's per-sample mean loss.
+
+    Each micro-batch's summed per-sample loss is divided by the number of samples in the whole
+    window, so k micro-batches give the same gradient as one batch of all their rows, including
+    a short last window (the HF Trainer divides by the number of micro-batches instead).
+    """
+    window_samples = sum(len(batch["labels"]) for batch in batches)
+    total = torch.zeros((), device=device)
+    for batch in batches:
+        with autocast(precision, device):
+            logits = model(input_ids=batch["input_ids"].to(device, non_blocking=True),
+                           attention_mask=batch["attention_mask"].to(device, non_blocking=True)).logits
+        loss = loss_fn(logits, batch["labels"].to(device, non_blocking=True)).sum() / window_samples
+        scaler.scale(loss).backward()
+        total += loss.detach()
+    return total
+
+
+def optimizer_step(parameters: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                   scaler: torch.amp.GradScaler, max_grad_norm: float) -> StepOutcome:
+    """Unscale, clip to `max_grad_norm` (0 = no clipping, norm still measured), step, zero the grads."""
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm if max_grad_norm > 0 else math.inf)
+    scale_before = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    applied = scale_before is None or scaler.get_scale() >= scale_before
+    optimizer.zero_grad(set_to_none=True)
+    return StepOutcome(grad_norm.detach(), applied)

@@ -1,0 +1,103 @@
+"""Pre-tokenised texts, length-grouped batch order and dynamic padding.
+
+Texts are tokenised once into integer arrays; a batch is padded only to its own longest row.
+Training order is a pure function of (seed, epoch), so a resumed run can rebuild an epoch's
+batches and skip the ones already done instead of storing sampler state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+# HF's get_length_grouped_indices sorts within "megabatches" of this many batches.
+MEGABATCH_BATCHES = 50
+
+
+@dataclass(frozen=True)
+class EncodedTexts:
+    """Token ids per row (without padding), with the labels when known."""
+
+    input_ids: list[np.ndarray]
+    labels: np.ndarray | None
+    pad_token_id: int
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int,
+           labels: np.ndarray | None = None) -> EncodedTexts:
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_attention_mask=False,
+                        return_token_type_ids=False)["input_ids"]
+    return EncodedTexts([np.asarray(ids, dtype=np.int32) for ids in encoded], labels, tokenizer.pad_token_id)
+
+
+PAD_TO_MULTIPLE_OF = 8
+
+
+def collate(data: EncodedTexts, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    """Pad `rows` to their longest member, rounded up to a multiple of 8.
+
+    Rounding bounds the number of distinct shapes: CPU bf16 kernels (oneDNN) and torch.compile
+    pay a set-up cost per new shape, and tensor cores want multiples of 8 anyway.
+    `rows` is returned too, to restore order after length-sorted evaluation.
+    """
+    longest = max(len(data.input_ids[i]) for i in rows)
+    width = -(-longest // PAD_TO_MULTIPLE_OF) * PAD_TO_MULTIPLE_OF
+    input_ids = np.full((len(rows), width), data.pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+    for out_row, i in enumerate(rows):
+        ids = data.input_ids[i]
+        input_ids[out_row, :len(ids)] = ids
+        attention_mask[out_row, :len(ids)] = 1
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
+             "rows": torch.from_numpy(np.asarray(rows, dtype=np.int64))}
+    if data.labels is not None:
+        batch["labels"] = torch.from_numpy(data.labels[rows].astype(np.int64))
+    return batch
+
+
+def training_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
+                     group_by_length: bool) -> list[np.ndarray]:
+    """The batches of one epoch, deterministic in (seed, epoch).
+
+    With grouping: shuffle, sort by length within megabatches, cut into batches, shuffle the batch
+    order (so neighbouring batches are not all long or all short) and put the longest batch first,
+    so an out-of-memory error shows up at the first step rather than hours in.
+    """
+    generator = np.random.default_rng([seed, epoch])
+    order = generator.permutation(len(lengths))
+    if not group_by_length:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    mega = batch_size * MEGABATCH_BATCHES
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = order[start:start + mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    batches = [batches[i] for i in generator.permutation(len(batches))]
+    longest = max(range(len(batches)), key=lambda i: lengths[batches[i]].max())
+    batches[0], batches[longest] = batches[longest], batches[0]
+    return batches
+
+
+def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Evaluation order: longest first, so padding is minimal and memory peaks at once."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def padding_efficiency(lengths: np.ndarray, batches: Sequence[np.ndarray]) -> float:
+    """Real tokens / padded tokens over `batches`."""
+    real = sum(int(lengths[b].sum()) for b in batches)
+    padded = sum(int(lengths[b].max()) * len(b) for b in batches)
+    return real / padded if padded else 1.0

@@ -1,0 +1,400 @@
+"""The one typed training configuration: every default in one place, filled from a file, then flags.
+
+`TrainConfig` is built once (experiment file, then command-line flags), validated, saved into the
+run folder as `config.json` and never changed afterwards. Values that depend on the data or the
+model (total steps, warmup steps, the resolved learning rate, max length) live in `lib.plan`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from lib.errors import UserError
+from lib.preprocess import SPECIAL_PATTERNS
+
+NSMC4_LABEL_NAMES = ("강한 부정", "약한 부정", "약한 긍정", "강한 긍정")
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOSSES = ("auto", "ce", "focal")
+SELECTION_METRICS = ("loss", "accuracy", "macro_f1")
+KEEP_CHOICES = ("auto", "best", "swa")
+
+
+def _option(help: str, group: str, *, aliases: Sequence[str] = (), choices: Sequence[str] | None = None,
+            parse: Callable[[str], Any] | None = None, metavar: str | None = None) -> dict:
+    """Metadata that turns a dataclass field into a documented command-line option."""
+    return {"help": help, "group": group, "aliases": tuple(aliases), "choices": choices,
+            "parse": parse, "metavar": metavar}
+
+
+def _csv_strings(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _alpha(text: str) -> str | tuple[float, ...] | None:
+    """`--alpha` accepts `none`, `auto` or comma-separated per-class weights."""
+    lowered = text.strip().lower()
+    if lowered in ("", "none"):
+        return None
+    if lowered == "auto":
+        return "auto"
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"--alpha: expected 'auto', 'none' or comma-separated numbers, got {text!r}") from None
+
+
+def _max_length(text: str) -> str | int:
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--max-length: expected 'auto' or a whole number, got {text!r}") from None
+
+
+def _optional_int(text: str) -> int | None:
+    return None if str(text).strip().lower() in ("", "none") else int(text)
+
+
+def _optional_str(text: str) -> str | None:
+    return None if str(text).strip().lower() in ("", "none") else str(text)
+
+
+def _bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of one fine-tuning run. Field names are the user's own HF-style keys."""
+
+    # data
+    train_file: str = field(default="data/train.csv", metadata=_option(
+        "CSV with the training rows (ID, text, label columns)", "data"))
+    val_file: str | None = field(default=None, metadata=_option(
+        "CSV with validation rows; default: a stratified split of --train-file", "data", parse=_optional_str))
+    test_file: str | None = field(default=None, metadata=_option(
+        "CSV to predict after training; writes submission.csv into the run folder", "data",
+        parse=_optional_str))
+    id_column: str = field(default="ID", metadata=_option("name of the row-id column", "data"))
+    text_column: str = field(default="review", metadata=_option("name of the text column", "data"))
+    label_column: str = field(default="label", metadata=_option("name of the integer label column", "data"))
+    val_size: float = field(default=0.1, metadata=_option(
+        "fraction of --train-file held out for validation (stratified, seeded)", "data"))
+    max_train_samples: int | None = field(default=None, metadata=_option(
+        "use only this many training rows (stratified), for quick runs", "data", parse=_optional_int))
+    num_labels: int | None = field(default=None, metadata=_option(
+        "number of classes K; default: inferred as max(label)+1", "data", parse=_optional_int))
+    label_names: tuple[str, ...] = field(default=NSMC4_LABEL_NAMES, metadata=_option(
+        "comma-separated class names for reports, one per label 0..K-1", "data", parse=_csv_strings))
+
+    # preprocessing
+    unicode_normalization: str = field(default="NFC", metadata=_option(
+        "Unicode normal form applied to every text", "preprocessing", choices=("NFC", "NFKC", "none")))
+    max_char_repeat: int = field(default=3, metadata=_option(
+        "squash runs of one character longer than this (ㅋㅋㅋㅋㅋ, !!!!!); 0 = off", "preprocessing"))
+    special_patterns: tuple[str, ...] = field(default=("url", "email", "redacted"), metadata=_option(
+        "comma-separated patterns replaced by special tokens (url, email, redacted); empty = none",
+        "preprocessing", parse=_csv_strings))
+    special_pattern_min_count: int = field(default=3, metadata=_option(
+        "a pattern becomes a special token only if it occurs this often in the training split",
+        "preprocessing"))
+    num_rare_words_to_remove: int = field(default=0, metadata=_option(
+        "drop words seen at most N times in the training split (0 = off)", "preprocessing"))
+    max_length: str | int = field(default="auto", metadata=_option(
+        "token limit per text; auto = the --max-length-percentile of training lengths", "preprocessing",
+        parse=_max_length))
+    max_length_percentile: float = field(default=99.0, metadata=_option(
+        "percentile of training token lengths used by --max-length auto", "preprocessing"))
+
+    # model
+    model: str = field(default="scratch:mini", metadata=_option(
+        "hub id, local folder, or scratch:tiny|mini|small|medium (a BERT built here, offline)", "model"))
+    dropout_rate: float | None = field(default=None, metadata=_option(
+        "hidden and attention dropout; default: the model's own", "model",
+        parse=lambda text: None if text.lower() == "none" else float(text)))
+    scratch_vocab_size: int = field(default=12000, metadata=_option(
+        "WordPiece vocabulary size for scratch: models, trained on the training split", "model"))
+
+    # optimisation
+    learning_rate: float | None = field(default=None, metadata=_option(
+        "peak learning rate; default: 5e-5 for pretrained models, 1e-3 for scratch: models", "optimisation",
+        aliases=("--lr",), parse=lambda text: None if text.lower() == "none" else float(text)))
+    num_train_epochs: float = field(default=3.0, metadata=_option(
+        "number of epochs (a fraction trains part of the last one)", "optimisation", aliases=("--epochs",)))
+    per_device_train_batch_size: int = field(default=32, metadata=_option(
+        "training micro-batch size", "optimisation", aliases=("--batch-size",)))
+    per_device_eval_batch_size: int = field(default=256, metadata=_option(
+        "evaluation and prediction batch size", "optimisation"))
+    gradient_accumulation_steps: int = field(default=1, metadata=_option(
+        "micro-batches per optimizer step (the last partial group is averaged over its real size)",
+        "optimisation"))
+    weight_decay: float = field(default=0.0, metadata=_option(
+        "AdamW weight decay; never applied to biases and LayerNorm weights (1-D tensors)", "optimisation"))
+    adam_beta1: float = field(default=0.9, metadata=_option("AdamW beta1", "optimisation"))
+    adam_beta2: float = field(default=0.999, metadata=_option("AdamW beta2", "optimisation"))
+    adam_epsilon: float = field(default=1e-8, metadata=_option("AdamW epsilon", "optimisation"))
+    max_grad_norm: float = field(default=1.0, metadata=_option(
+        "clip the global gradient norm to this; 0 = no clipping (the norm is still logged)", "optimisation"))
+    lr_scheduler_type: str = field(default="linear", metadata=_option(
+        "learning-rate schedule (constant ignores warmup, as in transformers)", "optimisation",
+        choices=SCHEDULERS))
+    warmup_steps: int = field(default=0, metadata=_option(
+        "optimizer steps of linear warmup from 0", "optimisation"))
+    warmup_ratio: float = field(default=0.0, metadata=_option(
+        "warmup as a fraction of all optimizer steps (rounded up); used when --warmup-steps is 0",
+        "optimisation"))
+
+    # loss
+    loss: str = field(default="auto", metadata=_option(
+        "ce or focal; auto = focal when --gamma > 0 or --alpha is set, else cross entropy", "loss",
+        choices=LOSSES))
+    focal_loss_gamma: float = field(default=0.0, metadata=_option(
+        "focal loss gamma (0 with no alpha is exactly cross entropy)", "loss", aliases=("--gamma",)))
+    focal_loss_alpha: str | tuple[float, ...] | None = field(default=None, metadata=_option(
+        "per-class focal weights: comma-separated, 'auto' (inverse training frequency) or 'none'", "loss",
+        aliases=("--alpha",), parse=_alpha))
+    label_smoothing_factor: float = field(default=0.0, metadata=_option(
+        "label smoothing epsilon, combined with focal loss when both are set", "loss"))
+
+    # evaluation, selection, stopping
+    eval_steps: int | None = field(default=None, metadata=_option(
+        "evaluate every N optimizer steps as well as at each epoch end", "evaluation", parse=_optional_int))
+    metric_for_best_model: str = field(default="loss", metadata=_option(
+        "validation metric that picks best/: loss, accuracy or macro_f1 (eval_ prefix accepted)",
+        "evaluation"))
+    early_stopping_patience: int | None = field(default=None, metadata=_option(
+        "stop after this many evaluations without a val-loss improvement; default: off", "evaluation",
+        parse=_optional_int))
+    early_stopping_threshold: float = field(default=0.0, metadata=_option(
+        "a val-loss improvement must exceed this (absolute) to reset patience", "evaluation"))
+    logging_steps: int = field(default=50, metadata=_option(
+        "log train/loss, lr and grad norm every N optimizer steps", "evaluation"))
+
+    # run
+    seed: int = field(default=42, metadata=_option("seed for the split, the model init, dropout and order", "run"))
+    precision: str = field(default="auto", metadata=_option(
+        "auto = fp16 + GradScaler on CUDA (bf16 where supported), fp32 on CPU", "run", choices=PRECISIONS))
+    device: str = field(default="auto", metadata=_option("auto, cpu or cuda[:N]", "run"))
+    group_by_length: bool = field(default=True, metadata=_option(
+        "length-grouped training batches (dynamic padding is always on)", "run", parse=_bool))
+    output_dir: str = field(default="runs", metadata=_option("folder that holds run folders", "run"))
+    run_name: str | None = field(default=None, metadata=_option(
+        "run folder name; default: <date>-<time>-<model>", "run", parse=_optional_str))
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        def bad(flag: str, expected: str) -> None:
+            value = getattr(self, flag.replace("-", "_"))
+            raise UserError(f"--{flag}: expected {expected}, got {value!r}")
+
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            bad("learning-rate", "a positive number")
+        if not self.num_train_epochs > 0:
+            bad("num-train-epochs", "a positive number")
+        for flag in ("per-device-train-batch-size", "per-device-eval-batch-size", "gradient-accumulation-steps",
+                     "logging-steps", "scratch-vocab-size"):
+            if getattr(self, flag.replace("-", "_")) < 1:
+                bad(flag, "a whole number >= 1")
+        for flag in ("weight-decay", "max-grad-norm", "warmup-steps", "warmup-ratio", "focal-loss-gamma",
+                     "early-stopping-threshold", "num-rare-words-to-remove", "max-char-repeat",
+                     "special-pattern-min-count"):
+            if not getattr(self, flag.replace("-", "_")) >= 0:
+                bad(flag, "a number >= 0")
+        if not 0 < self.val_size < 1:
+            bad("val-size", "a fraction between 0 and 1")
+        if not 0 <= self.warmup_ratio < 1:
+            bad("warmup-ratio", "a fraction in [0, 1)")
+        if self.warmup_steps and self.warmup_ratio:
+            raise UserError("--warmup-steps and --warmup-ratio: give one of them, not both")
+        if not 0 <= self.label_smoothing_factor < 1:
+            bad("label-smoothing-factor", "a number in [0, 1)")
+        if self.dropout_rate is not None and not 0 <= self.dropout_rate < 1:
+            bad("dropout-rate", "a number in [0, 1)")
+        if not 0 < self.max_length_percentile <= 100:
+            bad("max-length-percentile", "a percentile in (0, 100]")
+        if self.max_length != "auto" and (not isinstance(self.max_length, int) or self.max_length < 2):
+            bad("max-length", "'auto' or a whole number >= 2")
+        for flag in ("max-train-samples", "num-labels", "eval-steps"):
+            value = getattr(self, flag.replace("-", "_"))
+            if value is not None and value < 1:
+                bad(flag, "a whole number >= 1")
+        if self.num_labels is not None and self.num_labels < 2:
+            bad("num-labels", "at least 2 classes")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            bad("early-stopping-patience", "a whole number >= 1")
+        if self.selection_metric not in SELECTION_METRICS:
+            bad("metric-for-best-model", "one of " + ", ".join(SELECTION_METRICS))
+        if self.loss == "ce" and (self.focal_loss_gamma > 0 or self.focal_loss_alpha is not None):
+            raise UserError("--loss ce: --gamma and --alpha only apply to focal loss (use --loss focal)")
+        alpha = self.focal_loss_alpha
+        if isinstance(alpha, tuple) and (not alpha or any(not a >= 0 for a in alpha)):
+            bad("alpha", "non-negative per-class weights")
+        unknown = set(self.special_patterns) - set(SPECIAL_PATTERNS)
+        if unknown:
+            bad("special-patterns", "names among " + ", ".join(SPECIAL_PATTERNS))
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            bad("device", "auto, cpu or cuda[:N]")
+
+    @property
+    def selection_metric(self) -> str:
+        """`metric_for_best_model` without the HF `eval_` prefix."""
+        name = self.metric_for_best_model
+        return name[len("eval_"):] if name.startswith("eval_") else name
+
+    @property
+    def uses_focal_loss(self) -> bool:
+        if self.loss == "auto":
+            return self.focal_loss_gamma > 0 or self.focal_loss_alpha is not None
+        return self.loss == "focal"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        return cls(**_coerce(values, source))
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        return cls.from_dict(read_config_file(path), source=str(path))
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def option_names() -> set[str]:
+    """Field names a config file, a sweep parameter or a flag may set."""
+    return {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Convert values read from JSON/YAML (or a sweep) exactly as the same flag would be converted."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    coerced = {}
+    for raw_key, value in values.items():
+        key = raw_key.replace("-", "_")
+        if key not in fields:
+            raise UserError(f"{source}: unknown option {raw_key!r} (see python train.py --help)")
+        if value is None:
+            coerced[key] = None
+            continue
+        text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+        try:
+            coerced[key] = _converter(fields[key])(text)
+        except (TypeError, ValueError):
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"{source}: {flag} expected {fields[key].type}, got {value!r}") from None
+    return coerced
+
+
+def _converter(f: dataclasses.Field) -> Callable[[str], Any]:
+    return f.metadata["parse"] or _ARG_TYPES.get(f.type, str)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read an experiment file (JSON, or YAML when PyYAML is installed) into a flat dict."""
+    if not path.is_file():
+        raise UserError(f"--config: file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except (ValueError, ImportError) as error:
+        raise UserError(f"--config {path}: not valid {path.suffix.lstrip('.').upper()}: {error}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping of option names to values")
+    return data
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as a UserError (one line, exit status 2) instead of usage text."""
+
+    def error(self, message: str) -> None:
+        raise UserError(message)
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="train.py",
+        description="Fine-tune a text classifier into a self-describing run folder.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, default=None,
+                        help="JSON/YAML file of options (field names, dashes or underscores); flags win")
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="continue an interrupted run folder from its last saved state")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, only summary lines")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        flags = ["--" + f.name.replace("_", "-"), *meta["aliases"]]
+        default = f.default
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, type=_flag_type(flags[0], _converter(f)),
+                           choices=meta["choices"], metavar=meta["metavar"],
+                           help=f"{meta['help']} (default: {shown})")
+    return parser
+
+
+_ARG_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": _bool}
+
+
+def _flag_type(flag: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {getattr(parse, '__name__', 'a value')}, got {text!r}")
+
+    convert.__name__ = flag
+    return convert
+
+
+@dataclass(frozen=True)
+class TrainInvocation:
+    """What train.py was asked to do: a config for a new run, or a run folder to resume."""
+
+    config: TrainConfig | None
+    resume: Path | None
+    overwrite: bool
+    quiet: bool
+
+
+def parse_train_args(argv: Sequence[str]) -> TrainInvocation:
+    """Experiment file first, then flags on top; a resume takes its config from the run folder."""
+    parser = build_train_parser()
+    args = parser.parse_args(argv)
+    options = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "overwrite", "quiet")}
+    if args.resume is not None:
+        if options or args.config is not None:
+            raise UserError("--resume: takes its options from the run folder; give no other options "
+                            f"(got {', '.join('--' + k.replace('_', '-') for k in options) or '--config'})")
+        return TrainInvocation(None, args.resume, args.overwrite, args.quiet)
+    values = _coerce(read_config_file(args.config), str(args.config)) if args.config else {}
+    values.update(options)
+    return TrainInvocation(TrainConfig(**values), None, args.overwrite, args.quiet)
+

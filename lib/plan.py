@@ -1,0 +1,59 @@
+"""Values derived from the config, the data and the model, computed once and saved as plan.json.
+
+The config says what the user asked for; the plan says what that meant for this data: the label
+set, the resolved learning rate and max length, how many optimizer steps and warmup steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from lib.config import TrainConfig
+
+PRETRAINED_LEARNING_RATE = 5e-5  # the HF Trainer's default
+SCRATCH_LEARNING_RATE = 1e-3
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    num_labels: int
+    label_names: list[str]
+    train_class_counts: list[int]
+    val_class_counts: list[int]
+    max_length: int
+    learning_rate: float
+    focal_alpha: list[float] | None
+    special_tokens: list[str]
+    device: str
+    precision: str
+    micro_batches_per_epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainingPlan":
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+def default_learning_rate(cfg: TrainConfig, from_scratch: bool) -> float:
+    if cfg.learning_rate is not None:
+        return cfg.learning_rate
+    return SCRATCH_LEARNING_RATE if from_scratch else PRETRAINED_LEARNING_RATE
+
+
+def step_counts(cfg: TrainConfig, train_rows: int) -> tuple[int, int, int, int]:
+    """(micro-batches per epoch, optimizer steps per epoch, total steps, warmup steps), HF's rules.
+
+    A partial last accumulation window still makes an optimizer step, so steps per epoch round up;
+    total steps are ceil(epochs * steps per epoch); a warmup ratio rounds up too.
+    """
+    micro_batches = math.ceil(train_rows / cfg.per_device_train_batch_size)
+    steps_per_epoch = max(1, math.ceil(micro_batches / cfg.gradient_accumulation_steps))
+    total = math.ceil(cfg.num_train_epochs * steps_per_epoch)
+    warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(total * cfg.warmup_ratio)
+    return micro_batches, steps_per_epoch, total, warmup

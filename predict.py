@@ -1,0 +1,48 @@
+"""Write a submission (`ID,pred`) for a CSV with a finished run's preprocessor, tokenizer and model.
+
+    python predict.py runs/<name> --test data/test.csv --out submission.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lib.cli import run_cli
+from lib.errors import UserError
+from lib.predict import distribution_table, load_run, predict_table, save_logits, write_predictions
+from lib.progress import progress_enabled
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        raise UserError(message)
+
+
+def main(argv: list[str]) -> int:
+    parser = _Parser(prog="predict.py", description=__doc__.splitlines()[0],
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("run", type=Path, help="finished run folder")
+    parser.add_argument("--test", type=Path, default=Path("data/test.csv"), help="CSV with id and text columns")
+    parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="where to write ID,pred")
+    parser.add_argument("--model", default="best", help="which model of the run: best, last (or swa)")
+    parser.add_argument("--pred-column", default="pred", help="name of the prediction column")
+    parser.add_argument("--logits-out", type=Path, default=None, help="also save ids and fp32 logits (.npz)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the run's eval batch size")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    loaded = load_run(args.run, args.model, args.device)
+    ids, logits = predict_table(loaded.cfg, loaded.plan, loaded.preprocessor, loaded.tokenizer, loaded.model,
+                                args.test, loaded.device, progress_enabled(args.quiet), args.batch_size)
+    write_predictions(args.out, ids, logits, loaded.cfg.id_column, args.pred_column)
+    if args.logits_out:
+        save_logits(args.logits_out, ids, logits)
+    print(distribution_table(loaded.plan, logits.argmax(axis=1)))
+    print(f"wrote {len(ids)} predictions to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,54 @@
+"""Shared fixtures: a small separable 4-class review task and a fast tiny-model config."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+
+from lib.config import TrainConfig
+
+# Each class has its own cue words; filler words are shared, so the task is separable but not trivial.
+CUES = {
+    0: ["최악", "쓰레기", "노잼"],
+    1: ["별로", "아쉽다", "지루"],
+    2: ["괜찮다", "볼만", "무난"],
+    3: ["최고", "명작", "감동"],
+}
+FILLER = ["영화", "배우", "연기", "스토리", "정말", "그냥", "이건", "진짜", "ㅋㅋ", "음악", "장면", "결말"]
+
+
+def write_reviews(path: Path, n: int, seed: int, labelled: bool = True, prefix: str = "R") -> Path:
+    rng = random.Random(seed)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ID", "review", "label"] if labelled else ["ID", "review"])
+        for i in range(n):
+            label = i % 4
+            words = rng.sample(FILLER, rng.randint(2, 6)) + [rng.choice(CUES[label])]
+            rng.shuffle(words)
+            row = [f"{prefix}{i:05d}", " ".join(words)]
+            writer.writerow(row + [label] if labelled else row)
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy_data(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("toy")
+    return {
+        "train": write_reviews(folder / "train.csv", 480, seed=1),
+        "test": write_reviews(folder / "test.csv", 40, seed=2, labelled=False, prefix="T"),
+    }
+
+
+def tiny_config(toy_data: dict[str, Path], output_dir: Path, **overrides) -> TrainConfig:
+    """A run that learns the toy task in a few seconds on a CPU."""
+    values = dict(
+        train_file=str(toy_data["train"]), output_dir=str(output_dir), run_name="toy", model="scratch:tiny",
+        scratch_vocab_size=200, val_size=0.25, num_train_epochs=4, per_device_train_batch_size=16,
+        learning_rate=2e-3, warmup_ratio=0.1, logging_steps=5, seed=7,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)

@@ -1,0 +1,49 @@
+"""Fine-tune a text classifier into a self-describing run folder.
+
+    python train.py                                   # offline default: a scratch BERT on data/train.csv
+    python train.py --model klue/bert-base --gamma 2.96
+    python train.py --config experiments/nsmc4_scratch.json --epochs 2
+    python train.py --resume runs/<name>.incomplete
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from lib.cli import run_cli
+from lib.config import parse_train_args
+from lib.progress import progress_enabled
+from lib.trainer import StopRequest, TrainingInterrupted, resume, train_new
+
+
+def main(argv: list[str]) -> int:
+    invocation = parse_train_args(argv)
+    stop = StopRequest()
+    show_progress = progress_enabled(invocation.quiet)
+    try:
+        with stop.on_sigint():
+            if invocation.resume is not None:
+                run = resume(invocation.resume, show_progress=show_progress, stop=stop)
+            else:
+                run = train_new(invocation.config, overwrite=invocation.overwrite, show_progress=show_progress,
+                                argv=argv, stop=stop)
+    except TrainingInterrupted as interrupted:
+        print(f"\nstopped; state saved. Resume with:\n  python train.py --resume {interrupted.run_path}",
+              file=sys.stderr)
+        return 130
+    result = json.loads(run.result.read_text(encoding="utf-8"))
+    best = result["best"]
+    print(f"validation (best/, step {result['best_step']}): accuracy {best['accuracy']:.4f}  "
+          f"macro_f1 {best['macro_f1']:.4f}  loss {best['loss']:.4f}")
+    print(f"training: {result['train_seconds']:.0f} s, {result['train_samples_per_second']:.0f} samples/s; "
+          f"evaluation {result['eval_samples_per_second']:.0f} samples/s")
+    print(f"run folder: {run.path}")
+    if run.submission.is_file():
+        print(f"submission: {run.submission}")
+    print(f"curves: tensorboard --logdir {run.path.parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
