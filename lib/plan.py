@@ -6,10 +6,14 @@ set, the resolved learning rate and max length, how many optimizer steps and war
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, fields
 
+from pathlib import Path
+
 from lib.config import TrainConfig
+from lib.errors import UserError
 
 PRETRAINED_LEARNING_RATE = 5e-5  # the HF Trainer's default
 SCRATCH_LEARNING_RATE = 1e-3
@@ -36,8 +40,14 @@ class TrainingPlan:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainingPlan":
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+    def load(cls, path: Path) -> "TrainingPlan":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**{f.name: data[f.name] for f in fields(cls)})
+        except FileNotFoundError:
+            raise UserError(f"{path}: missing; not a run folder written by train.py") from None
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{path}: not a plan written by this version of train.py") from None
 
 
 def default_learning_rate(cfg: TrainConfig, from_scratch: bool) -> float:

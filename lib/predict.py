@@ -49,7 +49,7 @@ def load_run(path: Path, which: str = "best", device: str = "auto") -> LoadedRun
         raise UserError(f"{run.path}: unfinished run (no result.json); resume it with "
                         f"python train.py --resume {run.path}")
     cfg = TrainConfig.load(run.config)
-    plan = TrainingPlan.from_dict(run.read_json(run.plan))
+    plan = TrainingPlan.load(run.plan)
     model_dir = run.path / which
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{run.path}: has no {which}/ model")

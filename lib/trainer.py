@@ -154,8 +154,8 @@ def resume(path: Path, *, show_progress: bool = False, stop: StopRequest | None 
     """Continue an unfinished run from its last saved state, with the config it was started with."""
     run = open_unfinished(path)
     cfg = TrainConfig.load(run.config)
-    plan = TrainingPlan.from_dict(run.read_json(run.plan))
     state = load_state(run.training_state)
+    plan = TrainingPlan.load(run.plan)
     device = amp.resolve_device(cfg.device)
     splits = load_splits(cfg)
     if splits.num_labels != plan.num_labels or len(splits.train) != sum(plan.train_class_counts):

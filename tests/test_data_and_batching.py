@@ -1,0 +1,88 @@
+"""Reading and splitting data, length-grouped batches, dynamic padding, AdamW groups."""
+
+import numpy as np
+import pytest
+from transformers import BertConfig, BertForSequenceClassification
+
+from lib.batching import EncodedTexts, collate, padding_efficiency, sorted_batches, training_batches
+from lib.data import Columns, read_table, stratified_sample, stratified_split
+from lib.errors import UserError
+from lib.optim import build_adamw
+from tests.conftest import write_reviews
+
+COLUMNS = Columns("ID", "review", "label")
+
+
+def test_split_is_stratified_seeded_and_disjoint(tmp_path):
+    table = read_table(write_reviews(tmp_path / "t.csv", 400, seed=0), COLUMNS, labelled=True, flag="--train-file")
+    train, val = stratified_split(table, 0.25, seed=3)
+    again_train, again_val = stratified_split(table, 0.25, seed=3)
+    assert list(val.ids) == list(again_val.ids)
+    assert set(train.ids).isdisjoint(val.ids) and len(train) + len(val) == 400
+    assert np.bincount(val.labels).tolist() == [25, 25, 25, 25]
+    assert list(stratified_split(table, 0.25, seed=4)[1].ids) != list(val.ids)
+    small = stratified_sample(train, 40, seed=0)
+    assert np.bincount(small.labels).tolist() == [10, 10, 10, 10]
+
+
+def test_test_file_without_id_column_is_refused(tmp_path):
+    path = tmp_path / "test.csv"
+    path.write_text("review\n좋다\n")
+    with pytest.raises(UserError, match="missing column 'ID'.*--id-column"):
+        read_table(path, COLUMNS, labelled=False, flag="--test")
+
+
+def test_duplicate_ids_are_refused(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("ID,review,label\na,x,0\na,y,1\n")
+    with pytest.raises(UserError, match="repeats ids"):
+        read_table(path, COLUMNS, labelled=True, flag="--train-file")
+
+
+def _lengths(n=1000, seed=0):
+    return np.random.default_rng(seed).lognormal(3.0, 0.6, size=n).astype(np.int64) + 2
+
+
+def test_training_batches_cover_every_row_once_and_depend_only_on_seed_and_epoch():
+    lengths = _lengths()
+    for group in (True, False):
+        batches = training_batches(lengths, 32, seed=1, epoch=0, group_by_length=group)
+        assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+        assert all(len(b) <= 32 for b in batches)
+        again = training_batches(lengths, 32, seed=1, epoch=0, group_by_length=group)
+        assert all((a == b).all() for a, b in zip(batches, again))
+        other = training_batches(lengths, 32, seed=1, epoch=1, group_by_length=group)
+        assert any((a != b).any() for a, b in zip(batches, other) if len(a) == len(b))
+
+
+def test_grouping_by_length_cuts_padding_and_puts_the_longest_batch_first():
+    lengths = _lengths()
+    grouped = training_batches(lengths, 32, seed=1, epoch=0, group_by_length=True)
+    shuffled = training_batches(lengths, 32, seed=1, epoch=0, group_by_length=False)
+    assert padding_efficiency(lengths, grouped) > 0.9 > padding_efficiency(lengths, shuffled)
+    assert lengths[grouped[0]].max() == lengths.max()
+    assert padding_efficiency(lengths, sorted_batches(lengths, 32)) >= padding_efficiency(lengths, grouped)
+
+
+def test_collate_pads_to_a_multiple_of_eight_and_masks_the_padding():
+    data = EncodedTexts([np.array([2, 5, 3]), np.array([2, 6, 7, 8, 9, 3])], np.array([1, 0]), pad_token_id=0)
+    batch = collate(data, np.array([1, 0]))
+    assert batch["input_ids"].shape == (2, 8)
+    assert batch["input_ids"][1].tolist() == [2, 5, 3, 0, 0, 0, 0, 0]
+    assert batch["attention_mask"].sum(1).tolist() == [6, 3]
+    assert batch["labels"].tolist() == [0, 1] and batch["rows"].tolist() == [1, 0]
+
+
+def test_weight_decay_groups_match_the_hf_trainer():
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=16))
+    optimizer = build_adamw(model, 1e-3, 0.01, (0.9, 0.999), 1e-8, fused=False)
+    by_id = {id(p): name for name, p in model.named_parameters()}
+    decayed = {by_id[id(p)] for p in optimizer.param_groups[0]["params"]}
+    import torch
+    hf_decay = set(get_parameter_names(model, [torch.nn.LayerNorm], ["bias", "layernorm", "rmsnorm"]))
+    assert decayed == hf_decay
+    assert "bert.embeddings.word_embeddings.weight" in decayed
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0

@@ -1,0 +1,127 @@
+"""Real tiny runs: the model learns the toy task, predict.py reproduces it, resume reproduces it."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import predict
+from lib.run_folder import RunFolder
+from lib.trainer import StopRequest, TrainingInterrupted, resume, train_new
+from tests.conftest import tiny_config
+
+
+class StopAtStep(StopRequest):
+    """Simulates Ctrl-C after a given optimizer step."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def should_stop(self, global_step: int) -> bool:
+        return global_step >= self.step
+
+
+@pytest.fixture(scope="module")
+def trained_run(toy_data, tmp_path_factory):
+    output = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config(toy_data, output, test_file=str(toy_data["test"]))
+    return train_new(cfg)
+
+
+def test_the_run_learns_the_toy_task(trained_run):
+    result = json.loads(trained_run.result.read_text())
+    assert result["best"]["accuracy"] > 0.9  # chance is 0.25
+    assert result["best"]["macro_f1"] > 0.9
+    assert result["report"]["labels"] == ["강한 부정", "약한 부정", "약한 긍정", "강한 긍정"]
+    assert sum(map(sum, result["report"]["confusion_matrix"])) == 120
+
+
+def test_the_run_folder_describes_itself(trained_run):
+    names = {p.name for p in trained_run.path.iterdir()}
+    assert {"config.json", "plan.json", "environment.json", "preprocessor.json", "tokenizer", "best", "last",
+            "metrics.jsonl", "tensorboard", "val_logits.npz", "result.json", "submission.csv", "train.log"} <= names
+    assert not trained_run.path.name.endswith(".incomplete")
+    env = json.loads(trained_run.environment.read_text())
+    assert env["torch"] == torch.__version__ and "git_commit" in env
+    splits = {json.loads(line)["split"] for line in trained_run.path.joinpath("metrics.jsonl").read_text().splitlines()}
+    assert splits == {"train", "val"}
+    config = json.loads(trained_run.best.joinpath("config.json").read_text())
+    assert config["id2label"] == {"0": "강한 부정", "1": "약한 부정", "2": "약한 긍정", "3": "강한 긍정"}
+
+
+def test_tensorboard_has_the_documented_curves(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained_run.path / "tensorboard")).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "val/loss", "val/accuracy", "val/macro_f1",
+            "val/f1_강한 부정"} <= tags
+    assert "val/report/text_summary" in events.Tags()["tensors"]
+
+
+def test_predict_reproduces_the_saved_validation_logits(trained_run, tmp_path, capsys):
+    saved = np.load(trained_run.val_logits)
+    config = json.loads(trained_run.config.read_text())
+    rows = pd.read_csv(config["train_file"]).set_index("ID").loc[saved["ids"]].reset_index()
+    rows[["ID", "review"]].to_csv(tmp_path / "val.csv", index=False)
+    code = predict.main([str(trained_run.path), "--test", str(tmp_path / "val.csv"), "--out",
+                         str(tmp_path / "sub.csv"), "--logits-out", str(tmp_path / "logits.npz"), "--quiet"])
+    assert code == 0
+    predicted = np.load(tmp_path / "logits.npz")
+    assert list(predicted["ids"]) == list(saved["ids"])
+    np.testing.assert_allclose(predicted["logits"], saved["logits"], rtol=1e-4, atol=1e-5)
+    submission = pd.read_csv(tmp_path / "sub.csv")
+    assert list(submission.columns) == ["ID", "pred"]
+    assert (submission["pred"].to_numpy() == saved["logits"].argmax(1)).all()
+    out = capsys.readouterr().out
+    assert "predicted" in out and "training" in out and "%" in out
+
+
+def test_submission_covers_the_test_file(trained_run, toy_data):
+    submission = pd.read_csv(trained_run.submission)
+    assert list(submission["ID"]) == list(pd.read_csv(toy_data["test"])["ID"])
+    assert submission["pred"].between(0, 3).all()
+
+
+def _weights(run: RunFolder, which: str) -> dict:
+    return load_file(str(run.path / which / "model.safetensors"))
+
+
+@pytest.mark.parametrize("stop_step, overrides", [
+    (7, {}),                                        # mid-epoch, between logging steps
+    (23, {"gradient_accumulation_steps": 2, "eval_steps": 10}),  # after an eval, with accumulation
+])
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(toy_data, tmp_path, stop_step, overrides):
+    overrides = {"num_train_epochs": 2, "dropout_rate": 0.1, **overrides}
+    straight = train_new(tiny_config(toy_data, tmp_path / "a", **overrides))
+
+    cfg = tiny_config(toy_data, tmp_path / "b", **overrides)
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        train_new(cfg, stop=StopAtStep(stop_step))
+    assert interrupted.value.run_path.name == "toy.incomplete"
+    assert not (tmp_path / "b" / "toy").exists()
+    torch.manual_seed(12345)  # a new process would start from another RNG state
+    resumed = resume(interrupted.value.run_path)
+
+    for which in ("best", "last"):
+        a, b = _weights(straight, which), _weights(resumed, which)
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+    assert json.loads(straight.result.read_text())["best"] == json.loads(resumed.result.read_text())["best"]
+    lines = [json.loads(l) for l in resumed.path.joinpath("metrics.jsonl").read_text().splitlines()]
+    straight_lines = [json.loads(l) for l in straight.path.joinpath("metrics.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["step"]) for r in lines] == [(r["split"], r["step"]) for r in straight_lines]
+    assert [r.get("loss") for r in lines] == pytest.approx([r.get("loss") for r in straight_lines], rel=1e-5)
+
+
+def test_early_stopping_ends_the_run_and_keeps_the_best(toy_data, tmp_path):
+    cfg = tiny_config(toy_data, tmp_path, num_train_epochs=30, early_stopping_patience=1,
+                      early_stopping_threshold=0.5, learning_rate=1e-3)
+    run = train_new(cfg)
+    result = json.loads(run.result.read_text())
+    assert result["stopped_early"] and result["epochs_completed"] < 30
+    assert result["best_step"] <= result["global_step"]
