@@ -92,6 +92,11 @@ class TrainConfig:
     label_column: str = field(default="label", metadata=_option("name of the integer label column", "data"))
     val_size: float = field(default=0.1, metadata=_option(
         "fraction of --train-file held out for validation (stratified, seeded)", "data"))
+    num_folds: int | None = field(default=None, metadata=_option(
+        "cross-validation: split --train-file into this many stratified folds (instead of --val-size)", "data",
+        parse=_optional_int))
+    fold: int = field(default=0, metadata=_option(
+        "with --num-folds: which fold (0-based) is the validation split", "data"))
     max_train_samples: int | None = field(default=None, metadata=_option(
         "use only this many training rows (stratified), for quick runs", "data", parse=_optional_int))
     num_labels: int | None = field(default=None, metadata=_option(
@@ -216,6 +221,13 @@ class TrainConfig:
                 bad(flag, "a number >= 0")
         if not 0 < self.val_size < 1:
             bad("val-size", "a fraction between 0 and 1")
+        if self.num_folds is not None:
+            if self.num_folds < 2:
+                bad("num-folds", "a whole number >= 2")
+            if not 0 <= self.fold < self.num_folds:
+                bad("fold", f"a fold index in 0..{self.num_folds - 1}")
+            if self.val_file:
+                raise UserError("--num-folds and --val-file: give one of them, not both")
         if not 0 <= self.warmup_ratio < 1:
             bad("warmup-ratio", "a fraction in [0, 1)")
         if self.warmup_steps and self.warmup_ratio:

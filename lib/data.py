@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from lib.config import TrainConfig
 from lib.errors import UserError
@@ -104,6 +104,16 @@ def stratified_split(table: TextTable, val_size: float, seed: int) -> tuple[Text
     return table.subset(np.sort(train_index)), table.subset(np.sort(val_index))
 
 
+def stratified_fold(table: TextTable, num_folds: int, fold: int, seed: int) -> tuple[TextTable, TextTable]:
+    """Fold `fold` of a seeded stratified K-fold split: the folds' validation rows cover the table once."""
+    try:
+        splits = list(StratifiedKFold(num_folds, shuffle=True, random_state=seed).split(table.ids, table.labels))
+    except ValueError as error:
+        raise UserError(f"--num-folds {num_folds}: cannot split stratified ({error})") from None
+    train_index, val_index = splits[fold]
+    return table.subset(np.sort(train_index)), table.subset(np.sort(val_index))
+
+
 def stratified_sample(table: TextTable, n: int, seed: int) -> TextTable:
     """At most `n` rows with the class proportions of `table` (for --max-train-samples)."""
     if n >= len(table):
@@ -133,6 +143,8 @@ def load_splits(cfg: TrainConfig) -> Splits:
     if cfg.val_file:
         train = table
         val = read_table(cfg.val_file, columns, labelled=True, flag="--val-file")
+    elif cfg.num_folds:
+        train, val = stratified_fold(table, cfg.num_folds, cfg.fold, cfg.seed)
     else:
         train, val = stratified_split(table, cfg.val_size, cfg.seed)
     num_labels = cfg.num_labels or int(max(train.labels.max(), val.labels.max())) + 1

@@ -40,8 +40,11 @@ class LoadedRun:
     device: torch.device
 
 
-def load_run(path: Path, which: str = "best", device: str = "auto") -> LoadedRun:
-    """Open `path` and load the model in its `which/` subfolder (best, last, or swa)."""
+def load_run(path: Path, which: str | None = None, device: str = "auto") -> LoadedRun:
+    """Open `path` and load the model in its `which/` subfolder (best, last, swa).
+
+    By default: the model the run kept for prediction (`kept` in result.json), else best/.
+    """
     run = RunFolder(Path(path))
     if not run.path.is_dir():
         raise UserError(f"{run.path}: no such run folder")
@@ -50,6 +53,7 @@ def load_run(path: Path, which: str = "best", device: str = "auto") -> LoadedRun
                         f"python train.py --resume {run.path}")
     cfg = TrainConfig.load(run.config)
     plan = TrainingPlan.load(run.plan)
+    which = which or run.read_json(run.result).get("kept", "best")
     model_dir = run.path / which
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{run.path}: has no {which}/ model")

@@ -25,6 +25,17 @@ def test_split_is_stratified_seeded_and_disjoint(tmp_path):
     assert np.bincount(small.labels).tolist() == [10, 10, 10, 10]
 
 
+def test_folds_cover_every_row_once(tmp_path):
+    from lib.data import stratified_fold
+
+    table = read_table(write_reviews(tmp_path / "t.csv", 100, seed=0), COLUMNS, labelled=True, flag="--train-file")
+    folds = [stratified_fold(table, 5, k, seed=1) for k in range(5)]
+    val_ids = [i for _, val in folds for i in val.ids]
+    assert sorted(val_ids) == sorted(table.ids)
+    assert all(set(train.ids).isdisjoint(val.ids) for train, val in folds)
+    assert all(np.bincount(val.labels).tolist() == [5, 5, 5, 5] for _, val in folds)
+
+
 def test_test_file_without_id_column_is_refused(tmp_path):
     path = tmp_path / "test.csv"
     path.write_text("review\n좋다\n")
