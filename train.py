@@ -33,9 +33,10 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 130
     result = json.loads(run.result.read_text(encoding="utf-8"))
-    best = result["best"]
-    print(f"validation (best/, step {result['best_step']}): accuracy {best['accuracy']:.4f}  "
-          f"macro_f1 {best['macro_f1']:.4f}  loss {best['loss']:.4f}")
+    for name, scores in result["models"].items():
+        marker = "  <- kept" if name == result["kept"] else ""
+        print(f"validation {name + '/':6} accuracy {scores['accuracy']:.4f}  macro_f1 {scores['macro_f1']:.4f}  "
+              f"loss {scores['loss']:.4f}{marker}")
     print(f"training: {result['train_seconds']:.0f} s, {result['train_samples_per_second']:.0f} samples/s; "
           f"evaluation {result['eval_samples_per_second']:.0f} samples/s")
     print(f"run folder: {run.path}")

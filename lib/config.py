@@ -184,8 +184,28 @@ class TrainConfig:
         parse=_optional_int))
     early_stopping_threshold: float = field(default=0.0, metadata=_option(
         "a val-loss improvement must exceed this (absolute) to reset patience", "evaluation"))
+    max_loss_increase: float | None = field(default=None, metadata=_option(
+        "select only among checkpoints whose val loss is within this fraction of the lowest seen "
+        "(with --metric-for-best-model accuracy: the best accuracy that has not over-fitted)", "evaluation",
+        parse=lambda text: None if text.lower() == "none" else float(text)))
     logging_steps: int = field(default=50, metadata=_option(
         "log train/loss, lr and grad norm every N optimizer steps", "evaluation"))
+
+    # weight averaging
+    swa_last_k: int = field(default=0, metadata=_option(
+        "after training, average the weights of the last K epoch ends into swa/ (0 = off)", "averaging"))
+    swa_start: float | None = field(default=None, metadata=_option(
+        "average during training from this epoch on (1-based epoch, or a fraction of the epochs)", "averaging",
+        parse=lambda text: None if text.lower() == "none" else float(text)))
+    swa_lr: float | None = field(default=None, metadata=_option(
+        "with --swa-start: anneal the learning rate to this value from the start of averaging (SWALR)",
+        "averaging", parse=lambda text: None if text.lower() == "none" else float(text)))
+    swa_anneal_steps: int | None = field(default=None, metadata=_option(
+        "with --swa-lr: optimizer steps of cosine annealing to it; default one epoch", "averaging",
+        parse=_optional_int))
+    keep: str = field(default="auto", metadata=_option(
+        "model predict.py uses: best, swa, or auto = the better of both by --metric-for-best-model",
+        "averaging", choices=KEEP_CHOICES))
 
     # run
     seed: int = field(default=42, metadata=_option("seed for the split, the model init, dropout and order", "run"))
@@ -258,6 +278,21 @@ class TrainConfig:
         unknown = set(self.special_patterns) - set(SPECIAL_PATTERNS)
         if unknown:
             bad("special-patterns", "names among " + ", ".join(SPECIAL_PATTERNS))
+        if self.swa_last_k < 0:
+            bad("swa-last-k", "a whole number >= 0")
+        if self.swa_start is not None:
+            if self.swa_last_k:
+                raise UserError("--swa-start and --swa-last-k: average during training or after it, not both")
+            if not self.swa_start > 0:
+                bad("swa-start", "a 1-based epoch or a fraction in (0, 1)")
+        if self.swa_lr is not None and (self.swa_start is None or not self.swa_lr > 0):
+            raise UserError("--swa-lr: needs --swa-start and a positive learning rate")
+        if self.swa_anneal_steps is not None and self.swa_anneal_steps < 0:
+            bad("swa-anneal-steps", "a whole number >= 0")
+        if self.keep == "swa" and not self.averages_weights:
+            raise UserError("--keep swa: needs --swa-last-k or --swa-start")
+        if self.max_loss_increase is not None and not self.max_loss_increase >= 0:
+            bad("max-loss-increase", "a fraction >= 0")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             bad("device", "auto, cpu or cuda[:N]")
 
@@ -266,6 +301,10 @@ class TrainConfig:
         """`metric_for_best_model` without the HF `eval_` prefix."""
         name = self.metric_for_best_model
         return name[len("eval_"):] if name.startswith("eval_") else name
+
+    @property
+    def averages_weights(self) -> bool:
+        return self.swa_last_k > 0 or self.swa_start is not None
 
     @property
     def uses_focal_loss(self) -> bool:

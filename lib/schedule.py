@@ -34,3 +34,15 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, multiplier: float) -> fl
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * multiplier
     return optimizer.param_groups[0]["lr"]
+
+
+def swa_lr_multiplier(step: int, swa_start_step: int, anneal_steps: int, swa_lr_ratio: float,
+                      multiplier_at_start: float) -> float:
+    """torch's SWALR (cosine annealing) as a pure function of the optimizer step.
+
+    From `swa_start_step` on, the multiplier moves from `multiplier_at_start` (the schedule's value
+    there) to `swa_lr_ratio` (= swa_lr / base lr) over `anneal_steps`, then stays there.
+    """
+    progress = min(1.0, max(0, step - swa_start_step) / max(1, anneal_steps))
+    alpha = (1.0 - math.cos(math.pi * progress)) / 2.0
+    return swa_lr_ratio * alpha + multiplier_at_start * (1.0 - alpha)

@@ -1,15 +1,19 @@
-"""Early stopping on validation loss and best-checkpoint selection: two separate trackers.
+"""Early stopping on validation loss and checkpoint selection: two separate trackers.
 
 The HF Trainer ties both to one metric; here patience always watches the validation loss while
-`best/` can be chosen by accuracy or macro-F1. Both follow HF's rules: strict comparison (ties keep
-the earlier checkpoint), an absolute threshold for patience, and NaN never counts as an improvement.
-Both are plain objects whose state is saved in the training checkpoint.
+the selected checkpoint can be chosen by accuracy or macro-F1. Both follow HF's rules: strict
+comparison (ties keep the earlier checkpoint), NaN never counts as an improvement, and an
+absolute threshold for patience (as in Keras, the reference best only moves when an improvement
+clears it). `--max-loss-increase x` restricts selection to checkpoints whose validation loss is
+within (1 + x) of the lowest loss seen, the rule users apply by hand to avoid picking an
+accuracy peak that is already over-fitted. Both objects keep all their state in plain dicts
+saved with the training checkpoint.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 
 def _improves(value: float, best: float | None, greater_is_better: bool, threshold: float = 0.0) -> bool:
@@ -44,23 +48,51 @@ class EarlyStopping:
 
 
 @dataclass
-class BestTracker:
+class CheckpointSelector:
+    """The evaluation history and the rule that picks one checkpoint from it."""
+
     metric: str
-    best_value: float | None = None
-    best_step: int | None = None
-    best_epoch: float | None = None
+    max_loss_increase: float | None = None
+    history: list[dict] = field(default_factory=list)  # {"step", "epoch", "metrics"}
 
     @property
     def greater_is_better(self) -> bool:
         return not self.metric.endswith("loss")
 
-    def update(self, metrics: dict[str, float], step: int, epoch: float) -> bool:
-        """True when `metrics` is a new best (the caller then saves best/)."""
-        value = metrics[self.metric]
-        if not _improves(value, self.best_value, self.greater_is_better):
+    def record(self, step: int, epoch: float, metrics: dict[str, float]) -> None:
+        self.history.append({"step": step, "epoch": epoch, "metrics": dict(metrics)})
+
+    def lowest_loss(self) -> float | None:
+        losses = [e["metrics"]["loss"] for e in self.history if not math.isnan(e["metrics"]["loss"])]
+        return min(losses) if losses else None
+
+    def eligible(self, metrics: dict[str, float]) -> bool:
+        """Whether a checkpoint with these metrics may be selected under --max-loss-increase."""
+        loss = metrics["loss"]
+        if math.isnan(loss) or math.isnan(metrics[self.metric]):
             return False
-        self.best_value, self.best_step, self.best_epoch = value, step, epoch
-        return True
+        if self.max_loss_increase is None:
+            return True
+        lowest = self.lowest_loss()
+        return lowest is None or loss <= lowest * (1.0 + self.max_loss_increase)
+
+    def selected(self) -> dict | None:
+        """The selected evaluation: the best metric among eligible ones, the earliest on ties."""
+        best = None
+        for evaluation in self.history:
+            metrics = evaluation["metrics"]
+            if self.eligible(metrics) and (
+                    best is None or _improves(metrics[self.metric], best["metrics"][self.metric],
+                                              self.greater_is_better)):
+                best = evaluation
+        return best
+
+    def may_be_selected_later(self) -> set[int]:
+        """Steps whose checkpoints must be kept: the selection can only move among these."""
+        if self.max_loss_increase is None:
+            chosen = self.selected()
+            return {chosen["step"]} if chosen else set()
+        return {e["step"] for e in self.history if self.eligible(e["metrics"])}
 
     def state_dict(self) -> dict:
         return asdict(self)

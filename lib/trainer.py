@@ -25,7 +25,9 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from lib import amp
 from lib.backbone import load_classifier, prepare_backbone, scratch_preset
 from lib.batching import EncodedTexts, collate, encode, padding_efficiency, training_batches
-from lib.checkpoint import atomic_directory, existing_directory, load_state, rng_state, save_state, set_rng_state
+from lib import swa
+from lib.checkpoint import (CheckpointStore, atomic_directory, existing_directory, load_state, rng_state, save_state,
+                            set_rng_state)
 from lib.config import TrainConfig
 from lib.data import Splits, class_distribution, load_splits
 from lib.errors import UserError
@@ -39,8 +41,8 @@ from lib.predict import predict_table, write_predictions
 from lib.preprocess import TextPreprocessor
 from lib.progress import progress_bar
 from lib.run_folder import RunFolder, environment_record, finish, new_run_folder, open_unfinished
-from lib.schedule import lr_multiplier, set_learning_rate
-from lib.selection import BestTracker, EarlyStopping
+from lib.schedule import lr_multiplier, set_learning_rate, swa_lr_multiplier
+from lib.selection import CheckpointSelector, EarlyStopping
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +96,11 @@ class LoopState:
     last_eval_step: int = -1
     eval_seconds: float = 0.0
     eval_rows: int = 0
+    selected_step: int | None = None  # the evaluation best/ holds
+    epoch_end_steps: list[int] = field(default_factory=list)
+    swa_n_averaged: int = 0
     early_stopping: dict = field(default_factory=dict)
-    best: dict = field(default_factory=dict)
+    selector: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -132,6 +137,8 @@ def train_new(cfg: TrainConfig, *, overwrite: bool = False, show_progress: bool 
     val_data = encode(tokenizer, val_texts, max_length, splits.val.labels)
     plan = _make_plan(cfg, splits, tokenizer, preprocessor, max_length, device, precision,
                       from_scratch=scratch_preset(cfg.model) is not None)
+    if cfg.swa_start is not None:
+        swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs))  # refuse a bad value before any folder
 
     run = new_run_folder(cfg.output_dir, cfg.run_name, cfg.model, overwrite)
     try:
@@ -175,106 +182,268 @@ def resume(path: Path, *, show_progress: bool = False, stop: StopRequest | None 
 
 def _fit(s: Session, loop: LoopState, optimizer_state: dict | None, scaler_state: dict | None,
          overwrite: bool, stop: StopRequest) -> RunFolder:
-    cfg, plan, model = s.cfg, s.plan, s.model
-    optimizer = build_adamw(model, plan.learning_rate, cfg.weight_decay, (cfg.adam_beta1, cfg.adam_beta2),
-                            cfg.adam_epsilon, fused=s.device.type in ("cpu", "cuda"))
-    scaler = amp.make_grad_scaler(plan.precision, s.device)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
-        scaler.load_state_dict(scaler_state)
-    train_loss = _make_loss(cfg, plan).to(s.device)
-    val_loss = _make_loss(cfg, plan)
-    early_stopping = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_threshold)
-    best = BestTracker(cfg.selection_metric)
-    if loop.early_stopping:
-        early_stopping.load_state_dict(loop.early_stopping)
-        best.load_state_dict(loop.best)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    lengths = s.train_data.lengths
-    efficiency = padding_efficiency(lengths, training_batches(lengths, cfg.per_device_train_batch_size, cfg.seed,
-                                                              0, cfg.group_by_length))
-    logger = MetricsLogger(s.run.path, resume_step=loop.global_step or None)
-    log_file = _attach_log_file(s.run.path / "train.log")
-    log.info("%s: %d train / %d val rows, %d classes, max length %d, %d steps (%d per epoch, %d warmup), "
-             "lr %g, %s on %s, padding efficiency %.1f%%", s.run.path, len(s.train_data), len(s.val_data),
-             plan.num_labels, plan.max_length, plan.total_steps, plan.steps_per_epoch, plan.warmup_steps,
-             plan.learning_rate, plan.precision, s.device, 100 * efficiency)
-    pending_loss = torch.zeros((), device=s.device)  # summed on the device; read only when logging
-
-    def fold_pending_loss() -> None:
-        loop.loss_since_log += float(pending_loss)
-        pending_loss.zero_()
-
-    def evaluate() -> None:
-        started = time.perf_counter()
-        logits = predict_logits(model, s.val_data, cfg.per_device_eval_batch_size, plan.precision, s.device,
-                                "eval", s.show_progress)
-        loop.eval_seconds += time.perf_counter() - started
-        loop.eval_rows += len(s.val_data)
-        metrics = classification_metrics(logits, s.splits.val.labels, val_loss, plan.label_names)
-        epoch_float = loop.global_step / plan.steps_per_epoch
-        logger.log("val", loop.global_step, epoch_float, metrics)
-        improved = best.update(metrics, loop.global_step, epoch_float)
-        if improved:
-            _save_best(s, logits)
-        loop.stop_training = early_stopping.update(metrics["loss"])
-        loop.last_eval_step = loop.global_step
-        log.info("step %d (epoch %.2f): val loss %.4f  nll %.4f  accuracy %.4f  macro_f1 %.4f%s%s",
-                 loop.global_step, epoch_float, metrics["loss"], metrics["nll"], metrics["accuracy"],
-                 metrics["macro_f1"], "  [best]" if improved else "",
-                 "  [early stop]" if loop.stop_training else "")
-
-    def checkpoint() -> None:
-        fold_pending_loss()
-        loop.early_stopping, loop.best = early_stopping.state_dict(), best.state_dict()
-        with atomic_directory(s.run.last) as folder:
-            model.save_pretrained(folder)
-            save_state({"loop": vars(loop).copy(), "optimizer": optimizer.state_dict(),
-                        "scaler": scaler.state_dict(), "rng": rng_state()}, folder / "training_state.pt")
-
-    bar = progress_bar(plan.total_steps, "train", s.show_progress, unit="step", initial=loop.global_step)
-    model.train()
+    runner = _RunLoop(s, loop, optimizer_state, scaler_state)
     try:
+        runner.train(stop)
+        return runner.finish(overwrite)
+    finally:
+        runner.close()
+
+
+class _RunLoop:
+    """The training machinery of one run: optimizer, scaler, trackers, logger, checkpoint store."""
+
+    def __init__(self, s: Session, loop: LoopState, optimizer_state: dict | None, scaler_state: dict | None):
+        cfg, plan = s.cfg, s.plan
+        self.s, self.cfg, self.plan, self.model, self.loop = s, cfg, plan, s.model, loop
+        self.optimizer = build_adamw(self.model, plan.learning_rate, cfg.weight_decay,
+                                     (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon,
+                                     fused=s.device.type in ("cpu", "cuda"))
+        self.scaler = amp.make_grad_scaler(plan.precision, s.device)
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+            self.scaler.load_state_dict(scaler_state)
+        self.train_loss = _make_loss(cfg, plan).to(s.device)
+        self.val_loss = _make_loss(cfg, plan)
+        self.early_stopping = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_threshold)
+        self.selector = CheckpointSelector(cfg.selection_metric, cfg.max_loss_increase)
+        if loop.early_stopping:
+            self.early_stopping.load_state_dict(loop.early_stopping)
+            self.selector.load_state_dict(loop.selector)
+        self.store = CheckpointStore(s.run.path / "checkpoints")
+        self.running_average = None
+        if cfg.swa_start is not None:
+            self.swa_start_epoch = swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs))
+            running = existing_directory(s.run.last)
+            if loop.swa_n_averaged and running is not None:
+                module = load_classifier(running / "swa_running", plan.num_labels, plan.label_names, None)
+                self.running_average = swa.restore_running_average(module, loop.swa_n_averaged)
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        lengths = s.train_data.lengths
+        self.padding_efficiency = padding_efficiency(
+            lengths, training_batches(lengths, cfg.per_device_train_batch_size, cfg.seed, 0, cfg.group_by_length))
+        self.logger = MetricsLogger(s.run.path, resume_step=loop.global_step or None)
+        self.log_file = _attach_log_file(s.run.path / "train.log")
+        self.pending_loss = torch.zeros((), device=s.device)  # summed on the device; read when logging
+        self.bar = progress_bar(plan.total_steps, "train", s.show_progress, unit="step", initial=loop.global_step)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.logger.close()
+        _detach_log_file(self.log_file)
+
+    # --- training -------------------------------------------------------------------------------
+
+    def train(self, stop: StopRequest) -> None:
+        s, cfg, plan, loop = self.s, self.cfg, self.plan, self.loop
+        log.info("%s: %d train / %d val rows, %d classes, max length %d, %d steps (%d per epoch, %d warmup), "
+                 "lr %g, %s on %s, padding efficiency %.1f%%", s.run.path, len(s.train_data), len(s.val_data),
+                 plan.num_labels, plan.max_length, plan.total_steps, plan.steps_per_epoch, plan.warmup_steps,
+                 plan.learning_rate, plan.precision, s.device, 100 * self.padding_efficiency)
+        self.model.train()
         while loop.global_step < plan.total_steps and not loop.stop_training:
-            batches = training_batches(lengths, cfg.per_device_train_batch_size, cfg.seed, loop.epoch,
-                                       cfg.group_by_length)
+            batches = training_batches(s.train_data.lengths, cfg.per_device_train_batch_size, cfg.seed,
+                                       loop.epoch, cfg.group_by_length)
             windows = [batches[i:i + cfg.gradient_accumulation_steps]
                        for i in range(0, len(batches), cfg.gradient_accumulation_steps)]
             for window in windows[loop.windows_done:]:
-                started = time.perf_counter()
-                pending_loss += amp.accumulate_window(model, [collate(s.train_data, rows) for rows in window],
-                                                      train_loss, scaler, plan.precision, s.device)
-                lr = set_learning_rate(optimizer, lr_multiplier(cfg.lr_scheduler_type, loop.schedule_step,
-                                                                plan.warmup_steps, plan.total_steps))
-                outcome = amp.optimizer_step(parameters, optimizer, scaler, cfg.max_grad_norm)
-                loop.schedule_step += int(outcome.applied)
-                loop.global_step += 1
-                loop.windows_done += 1
-                loop.windows_since_log += 1
-                loop.samples_seen += sum(len(rows) for rows in window)
-                loop.train_seconds += time.perf_counter() - started
-                bar.update(1)
-                if loop.global_step % cfg.logging_steps == 0:
-                    fold_pending_loss()
-                    _log_train(logger, loop, plan, lr, outcome.grad_norm, bar)
+                self._step(window)
                 if cfg.eval_steps is not None and loop.global_step % cfg.eval_steps == 0:
-                    evaluate()
-                    checkpoint()
+                    self._evaluate()
+                    self._checkpoint()
                 if loop.stop_training or loop.global_step >= plan.total_steps:
                     break
                 if stop.should_stop(loop.global_step):
-                    checkpoint()
+                    self._checkpoint()
                     raise TrainingInterrupted(s.run.path)
             else:
                 loop.epoch, loop.windows_done = loop.epoch + 1, 0
             if loop.last_eval_step != loop.global_step:
-                evaluate()
-                checkpoint()
-        return _finish(s, best, loop, val_loss, efficiency, logger, overwrite)
-    finally:
-        bar.close()
-        logger.close()
-        _detach_log_file(log_file)
+                self._evaluate()
+            finished = loop.stop_training or loop.global_step >= plan.total_steps
+            if loop.windows_done == 0 or finished:  # an epoch end; the end of training counts as one
+                self._end_of_epoch(loop.epoch - 1 if loop.windows_done == 0 else loop.epoch)
+            self._checkpoint()
+
+    def _step(self, window: list[np.ndarray]) -> None:
+        s, cfg, loop = self.s, self.cfg, self.loop
+        started = time.perf_counter()
+        self.pending_loss += amp.accumulate_window(self.model, [collate(s.train_data, rows) for rows in window],
+                                                   self.train_loss, self.scaler, self.plan.precision, s.device)
+        lr = set_learning_rate(self.optimizer, self._lr_multiplier())
+        outcome = amp.optimizer_step(self.parameters, self.optimizer, self.scaler, cfg.max_grad_norm)
+        loop.schedule_step += int(outcome.applied)
+        loop.global_step += 1
+        loop.windows_done += 1
+        loop.windows_since_log += 1
+        loop.samples_seen += sum(len(rows) for rows in window)
+        loop.train_seconds += time.perf_counter() - started
+        self.bar.update(1)
+        if loop.global_step % cfg.logging_steps == 0:
+            self._fold_pending_loss()
+            _log_train(self.logger, loop, self.plan, lr, outcome.grad_norm, self.bar)
+
+    def _lr_multiplier(self) -> float:
+        """The schedule's multiplier, replaced by SWALR's annealing once averaging has started."""
+        cfg, plan, step = self.cfg, self.plan, self.loop.schedule_step
+        schedule = lambda at: lr_multiplier(cfg.lr_scheduler_type, at, plan.warmup_steps, plan.total_steps)
+        if cfg.swa_lr is None:
+            return schedule(step)
+        start = self.swa_start_epoch * plan.steps_per_epoch
+        if step < start:
+            return schedule(step)
+        anneal = cfg.swa_anneal_steps if cfg.swa_anneal_steps is not None else plan.steps_per_epoch
+        return swa_lr_multiplier(step, start, anneal, cfg.swa_lr / plan.learning_rate, schedule(start))
+
+    def _fold_pending_loss(self) -> None:
+        self.loop.loss_since_log += float(self.pending_loss)
+        self.pending_loss.zero_()
+
+    def _evaluate(self) -> None:
+        s, loop = self.s, self.loop
+        started = time.perf_counter()
+        logits = self._val_logits(self.model)
+        loop.eval_seconds += time.perf_counter() - started
+        loop.eval_rows += len(s.val_data)
+        metrics = classification_metrics(logits, s.splits.val.labels, self.val_loss, self.plan.label_names)
+        epoch = loop.global_step / self.plan.steps_per_epoch
+        self.logger.log("val", loop.global_step, epoch, metrics)
+        self.selector.record(loop.global_step, epoch, metrics)
+        self.store.save(loop.global_step, self.model, logits)
+        chosen = self.selector.selected()
+        selected_now = chosen is not None and chosen["step"] != loop.selected_step
+        if selected_now:
+            self._materialise_best(chosen["step"])
+        loop.stop_training = self.early_stopping.update(metrics["loss"])
+        loop.last_eval_step = loop.global_step
+        log.info("step %d (epoch %.2f): val loss %.4f  nll %.4f  accuracy %.4f  macro_f1 %.4f%s%s",
+                 loop.global_step, epoch, metrics["loss"], metrics["nll"], metrics["accuracy"], metrics["macro_f1"],
+                 f"  [selected: step {chosen['step']}]" if selected_now else "",
+                 "  [early stop]" if loop.stop_training else "")
+
+    def _val_logits(self, model: PreTrainedModel) -> np.ndarray:
+        return predict_logits(model, self.s.val_data, self.cfg.per_device_eval_batch_size, self.plan.precision,
+                              self.s.device, "eval", self.s.show_progress)
+
+    def _materialise_best(self, step: int) -> None:
+        with atomic_directory(self.s.run.best) as folder:
+            shutil.copytree(self.store.folder(step), folder, dirs_exist_ok=True)
+            (folder / "val_logits.npy").unlink()
+            self.s.tokenizer.save_pretrained(folder)
+        self.loop.selected_step = step
+
+    def _end_of_epoch(self, epoch: int) -> None:
+        loop = self.loop
+        if loop.global_step not in loop.epoch_end_steps:
+            loop.epoch_end_steps.append(loop.global_step)
+        if self.cfg.swa_start is not None and epoch >= self.swa_start_epoch:
+            if self.running_average is None:
+                self.running_average = swa.new_running_average(self.model)
+            self.running_average.update_parameters(self.model)
+            loop.swa_n_averaged = int(self.running_average.n_averaged)
+            log.info("SWA: averaged %d epoch end(s)", loop.swa_n_averaged)
+
+    def _checkpoint(self) -> None:
+        loop = self.loop
+        self._fold_pending_loss()
+        loop.early_stopping, loop.selector = self.early_stopping.state_dict(), self.selector.state_dict()
+        keep = self.selector.may_be_selected_later() | set(loop.epoch_end_steps[-self.cfg.swa_last_k:]
+                                                          if self.cfg.swa_last_k else [])
+        self.store.prune(keep)
+        with atomic_directory(self.s.run.last) as folder:
+            self.model.save_pretrained(folder)
+            if self.running_average is not None:
+                self.running_average.module.save_pretrained(folder / "swa_running")
+            save_state({"loop": vars(loop).copy(), "optimizer": self.optimizer.state_dict(),
+                        "scaler": self.scaler.state_dict(), "rng": rng_state()}, folder / "training_state.pt")
+
+    # --- the end of the run ---------------------------------------------------------------------
+
+    def finish(self, overwrite: bool) -> RunFolder:
+        """Average if asked, choose the kept model, report, predict the test file, rename the folder."""
+        s, cfg, plan, loop = self.s, self.cfg, self.plan, self.loop
+        chosen = self.selector.selected()
+        if chosen is None:
+            raise UserError(f"{s.run.path}: every evaluation gave NaN; no checkpoint to select "
+                            "(lower --learning-rate?)")
+        models = {"best": {"step": chosen["step"], "epoch": chosen["epoch"], **chosen["metrics"]}}
+        logits = {"best": self.store.logits(chosen["step"])}
+        swa_model = self._averaged_model(models, logits)
+        kept = self._choose_kept(models)
+        kept_logits = logits[kept]
+        s.run.save_val_logits(s.splits.val.ids, s.splits.val.labels, kept_logits)
+        report = classification_report(kept_logits, s.splits.val.labels, plan.label_names)
+        table = format_report(report)
+        self.logger.text("val/report", table, loop.global_step)
+        result = {
+            "kept": kept,
+            "selection_metric": self.selector.metric,
+            "max_loss_increase": cfg.max_loss_increase,
+            "best_step": chosen["step"],
+            "best": models[kept],
+            "models": models,
+            "report": report,
+            "stopped_early": loop.stop_training and loop.global_step < plan.total_steps,
+            "global_step": loop.global_step,
+            "epochs_completed": round(loop.global_step / plan.steps_per_epoch, 4),
+            "train_seconds": round(loop.train_seconds, 2),
+            "train_samples_per_second": round(loop.samples_seen / max(loop.train_seconds, 1e-9), 1),
+            "eval_samples_per_second": round(loop.eval_rows / max(loop.eval_seconds, 1e-9), 1),
+            "padding_efficiency": round(self.padding_efficiency, 4),
+        }
+        if cfg.test_file:
+            model = swa_model if kept == "swa" else load_classifier(
+                s.run.best, plan.num_labels, plan.label_names, None)
+            ids, test_logits = predict_table(cfg, plan, TextPreprocessor.load(s.run.preprocessor), s.tokenizer,
+                                             model.to(s.device), cfg.test_file, s.device, s.show_progress)
+            write_predictions(s.run.submission, ids, test_logits, cfg.id_column)
+            result["test_predicted_counts"] = class_distribution(test_logits.argmax(axis=1), plan.num_labels)
+        s.run.write_json(s.run.result, result)
+        self.store.remove()
+        (existing_directory(s.run.last) / "training_state.pt").unlink(missing_ok=True)
+        log.info("kept %s/ (selected by %s); on validation:\n%s", kept, self.selector.metric, table)
+        self.close()
+        return finish(s.run, overwrite)
+
+    def _averaged_model(self, models: dict, logits: dict) -> PreTrainedModel | None:
+        """Build, evaluate and save swa/; with --swa-last-k K also report the averages of k < K."""
+        s, cfg, plan, loop = self.s, self.cfg, self.plan, self.loop
+        load = lambda folder: load_classifier(folder, plan.num_labels, plan.label_names, None)
+        if cfg.swa_last_k:
+            ends = loop.epoch_end_steps
+            if len(ends) < cfg.swa_last_k:
+                log.warning("--swa-last-k %d: only %d epoch end(s) to average", cfg.swa_last_k, len(ends))
+            candidates = {k: ends[-k:] for k in range(1, min(cfg.swa_last_k, len(ends)) + 1)}
+        elif self.running_average is not None:
+            candidates = {loop.swa_n_averaged: None}
+        else:
+            return None
+        averaged = None
+        for k, steps in candidates.items():
+            averaged = (self.running_average.module if steps is None
+                        else swa.average_checkpoints([self.store.folder(step) for step in steps], load))
+            averaged.to(s.device)
+            k_logits = self._val_logits(averaged)
+            metrics = classification_metrics(k_logits, s.splits.val.labels, self.val_loss, plan.label_names)
+            models[f"swa_{k}"] = {"averaged_steps": steps, **metrics}
+            log.info("SWA of the last %d epoch end(s): val loss %.4f  accuracy %.4f  macro_f1 %.4f",
+                     k, metrics["loss"], metrics["accuracy"], metrics["macro_f1"])
+        models["swa"] = models.pop(f"swa_{k}")
+        logits["swa"] = k_logits
+        with atomic_directory(s.run.path / "swa") as folder:
+            averaged.save_pretrained(folder)
+            s.tokenizer.save_pretrained(folder)
+        return averaged
+
+    def _choose_kept(self, models: dict) -> str:
+        if "swa" not in models or self.cfg.keep == "best":
+            return "best"
+        if self.cfg.keep == "swa":
+            return "swa"
+        metric, swa_metrics, best = self.selector.metric, models["swa"], models["best"]
+        better = (swa_metrics[metric] > best[metric]) if self.selector.greater_is_better \
+            else (swa_metrics[metric] < best[metric])
+        return "swa" if better and self.selector.eligible(swa_metrics) else "best"
 
 
 def _make_loss(cfg: TrainConfig, plan: TrainingPlan) -> FocalLoss:
@@ -290,48 +459,6 @@ def _log_train(logger: MetricsLogger, loop: LoopState, plan: TrainingPlan, lr: f
                {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "samples_per_second": speed})
     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{speed:.0f}")
     loop.loss_since_log, loop.windows_since_log = 0.0, 0
-
-
-def _save_best(s: Session, logits: np.ndarray) -> None:
-    with atomic_directory(s.run.best) as folder:
-        s.model.save_pretrained(folder)
-        s.tokenizer.save_pretrained(folder)
-    s.run.save_val_logits(s.splits.val.ids, s.splits.val.labels, logits)
-
-
-def _finish(s: Session, best: BestTracker, loop: LoopState, val_loss: FocalLoss, efficiency: float,
-            logger: MetricsLogger, overwrite: bool) -> RunFolder:
-    """Report on best/, predict the test file if asked, write result.json, then rename the folder."""
-    saved = np.load(s.run.val_logits)
-    report = classification_report(saved["logits"], saved["labels"], s.plan.label_names)
-    table = format_report(report)
-    logger.text("val/report", table, best.best_step or 0)
-    result = {
-        "best_step": best.best_step,
-        "best_epoch": best.best_epoch,
-        "selection_metric": best.metric,
-        "best_value": best.best_value,
-        "best": classification_metrics(saved["logits"], saved["labels"], val_loss, s.plan.label_names),
-        "report": report,
-        "stopped_early": loop.stop_training and loop.global_step < s.plan.total_steps,
-        "global_step": loop.global_step,
-        "epochs_completed": round(loop.global_step / s.plan.steps_per_epoch, 4),
-        "train_seconds": round(loop.train_seconds, 2),
-        "train_samples_per_second": round(loop.samples_seen / max(loop.train_seconds, 1e-9), 1),
-        "eval_samples_per_second": round(loop.eval_rows / max(loop.eval_seconds, 1e-9), 1),
-        "padding_efficiency": round(efficiency, 4),
-    }
-    if s.cfg.test_file:
-        best_model = load_classifier(s.run.best, s.plan.num_labels, s.plan.label_names, None).to(s.device)
-        ids, test_logits = predict_table(s.cfg, s.plan, TextPreprocessor.load(s.run.preprocessor), s.tokenizer,
-                                         best_model, s.cfg.test_file, s.device, s.show_progress)
-        write_predictions(s.run.submission, ids, test_logits, s.cfg.id_column)
-        result["test_predicted_counts"] = class_distribution(test_logits.argmax(axis=1), s.plan.num_labels)
-    s.run.write_json(s.run.result, result)
-    (existing_directory(s.run.last) / "training_state.pt").unlink(missing_ok=True)
-    log.info("best checkpoint (step %s) on validation:\n%s", best.best_step, table)
-    logger.close()
-    return finish(s.run, overwrite)
 
 
 def _make_plan(cfg: TrainConfig, splits: Splits, tokenizer: PreTrainedTokenizerBase, preprocessor: TextPreprocessor,

@@ -67,10 +67,10 @@ def test_help_documents_every_option_with_its_default():
 
 @pytest.mark.parametrize("metric, greater", [("eval_loss", False), ("accuracy", True), ("eval_macro_f1", True)])
 def test_metric_for_best_model_accepts_the_eval_prefix(metric, greater):
-    from lib.selection import BestTracker
+    from lib.selection import CheckpointSelector
 
     cfg = TrainConfig(metric_for_best_model=metric)
-    assert BestTracker(cfg.selection_metric).greater_is_better is greater
+    assert CheckpointSelector(cfg.selection_metric).greater_is_better is greater
 
 
 def test_unknown_selection_metric_is_refused():
