@@ -23,6 +23,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           BertForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase,
                           PreTrainedTokenizerFast)
 
+from lib.cache import DiskCache, texts_digest
 from lib.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def train_wordpiece(texts: Sequence[str], vocab_size: int, extra_special_tokens:
         sep_token="[SEP]", mask_token="[MASK]", model_max_length=model_max_length)
 
 
-def build_scratch_folder(preset: ScratchPreset, tokenizer: PreTrainedTokenizerFast, folder: Path) -> None:
+def build_scratch_folder(preset: ScratchPreset, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
     """Save a randomly initialised BERT of `preset` and its tokenizer, as a hub model would be laid out."""
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=preset.hidden, num_hidden_layers=preset.layers,
@@ -139,16 +140,21 @@ def add_special_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedMode
 
 def prepare_backbone(model_name: str, train_texts: Sequence[str], special_tokens: Sequence[str],
                      num_labels: int, label_names: Sequence[str], dropout: float | None,
-                     scratch_vocab_size: int) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+                     scratch_vocab_size: int, cache: DiskCache) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """Tokenizer and model for a new run; seed torch before calling (it initialises the head)."""
     preset = scratch_preset(model_name)
     if preset is None:
         tokenizer = load_tokenizer(model_name)
         model = load_classifier(model_name, num_labels, label_names, dropout)
     else:
-        log.info("training a %d-token WordPiece vocabulary on %d texts for %s",
-                 scratch_vocab_size, len(train_texts), model_name)
-        wordpiece = train_wordpiece(train_texts, scratch_vocab_size, special_tokens)
+        def build(folder: Path) -> None:
+            log.info("training a %d-token WordPiece vocabulary on %d texts for %s",
+                     scratch_vocab_size, len(train_texts), model_name)
+            train_wordpiece(train_texts, scratch_vocab_size, special_tokens).save_pretrained(folder)
+
+        description = {"texts": texts_digest(train_texts), "vocab_size": scratch_vocab_size,
+                       "special_tokens": list(special_tokens)}
+        wordpiece = cache.load_or_build("wordpiece", description, build, AutoTokenizer.from_pretrained)
         with tempfile.TemporaryDirectory(prefix="scratch-") as folder:
             build_scratch_folder(preset, wordpiece, Path(folder))
             tokenizer = load_tokenizer(folder)

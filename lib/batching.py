@@ -8,6 +8,7 @@ batches and skip the ones already done instead of storing sampler state.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -34,11 +35,45 @@ class EncodedTexts:
         return len(self.input_ids)
 
 
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], limit: int) -> list[np.ndarray]:
+    """Token ids with special tokens, truncated at `limit` (the model's own maximum).
+
+    Texts are tokenised once at the model's limit; `truncate` then applies any shorter max length
+    in numpy, so choosing `--max-length auto` and changing --max-length never tokenise again.
+    """
+    encoded = tokenizer(list(texts), truncation=True, max_length=limit, return_attention_mask=False,
+                        return_token_type_ids=False)["input_ids"]
+    return [np.asarray(ids, dtype=np.int32) for ids in encoded]
+
+
 def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int,
            labels: np.ndarray | None = None) -> EncodedTexts:
-    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_attention_mask=False,
-                        return_token_type_ids=False)["input_ids"]
-    return EncodedTexts([np.asarray(ids, dtype=np.int32) for ids in encoded], labels, tokenizer.pad_token_id)
+    return EncodedTexts(tokenize(tokenizer, texts, max_length), labels, tokenizer.pad_token_id)
+
+
+def trailing_special_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
+    """How many special tokens the tokenizer appends after the text ([SEP] for BERT: 1)."""
+    content = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    start = next(i for i in range(len(full)) if full[i:i + len(content)] == content)
+    return len(full) - start - len(content)
+
+
+def truncate(ids: list[np.ndarray], max_length: int, trailing: int) -> list[np.ndarray]:
+    """Cut to `max_length` tokens as the tokenizer would: drop text tokens, keep the trailing specials."""
+    return [row if len(row) <= max_length else np.concatenate([row[:max_length - trailing], row[len(row) - trailing:]])
+            for row in ids]
+
+
+def save_ids(path: Path, ids: list[np.ndarray]) -> None:
+    offsets = np.cumsum([0] + [len(row) for row in ids])
+    np.savez(path, flat=np.concatenate(ids) if ids else np.zeros(0, np.int32), offsets=offsets)
+
+
+def load_ids(path: Path) -> list[np.ndarray]:
+    stored = np.load(path, allow_pickle=False)
+    flat, offsets = stored["flat"], stored["offsets"]
+    return [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
 PAD_TO_MULTIPLE_OF = 8

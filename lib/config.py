@@ -215,6 +215,9 @@ class TrainConfig:
     group_by_length: bool = field(default=True, metadata=_option(
         "length-grouped training batches (dynamic padding is always on)", "run", parse=_bool))
     output_dir: str = field(default="runs", metadata=_option("folder that holds run folders", "run"))
+    cache_dir: str | None = field(default="cache", metadata=_option(
+        "folder caching tokenised splits and scratch tokenizers across runs (--no-cache: off)", "run",
+        parse=_optional_str))
     run_name: str | None = field(default=None, metadata=_option(
         "run folder name; default: <date>-<time>-<model>", "run", parse=_optional_str))
 
@@ -398,6 +401,7 @@ def build_train_parser() -> argparse.ArgumentParser:
                         help="continue an interrupted run folder from its last saved state")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, only summary lines")
+    parser.add_argument("--no-cache", action="store_true", help="tokenise from scratch; same as --cache-dir none")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for f in dataclasses.fields(TrainConfig):
         meta = f.metadata
@@ -439,7 +443,9 @@ def parse_train_args(argv: Sequence[str]) -> TrainInvocation:
     """Experiment file first, then flags on top; a resume takes its config from the run folder."""
     parser = build_train_parser()
     args = parser.parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "overwrite", "quiet")}
+    options = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "overwrite", "quiet", "no_cache")}
+    if args.no_cache:
+        options["cache_dir"] = None
     if args.resume is not None:
         if options or args.config is not None:
             raise UserError("--resume: takes its options from the run folder; give no other options "

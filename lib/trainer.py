@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from lib import amp
+from lib import amp, swa
 from lib.backbone import load_classifier, prepare_backbone, scratch_preset
-from lib.batching import EncodedTexts, collate, encode, padding_efficiency, training_batches
-from lib import swa
+from lib.batching import (EncodedTexts, collate, load_ids, padding_efficiency, save_ids, tokenize, trailing_special_tokens,
+                          training_batches, truncate)
+from lib.cache import DiskCache, texts_digest, tokenizer_digest
 from lib.checkpoint import (CheckpointStore, atomic_directory, existing_directory, load_state, rng_state, save_state,
                             set_rng_state)
 from lib.config import TrainConfig
@@ -130,12 +131,14 @@ def train_new(cfg: TrainConfig, *, overwrite: bool = False, show_progress: bool 
                                     cfg.special_pattern_min_count, cfg.num_rare_words_to_remove)
     train_texts = preprocessor.fit(splits.train.texts).transform(splits.train.texts)
     val_texts = preprocessor.transform(splits.val.texts)
+    cache = DiskCache(Path(cfg.cache_dir) if cfg.cache_dir else None)
     tokenizer, model = prepare_backbone(cfg.model, train_texts, preprocessor.special_tokens, splits.num_labels,
-                                        splits.label_names, cfg.dropout_rate, cfg.scratch_vocab_size)
-    max_length = _resolve_max_length(cfg, tokenizer, train_texts, model)
-    train_data = encode(tokenizer, train_texts, max_length, splits.train.labels)
-    val_data = encode(tokenizer, val_texts, max_length, splits.val.labels)
-    plan = _make_plan(cfg, splits, tokenizer, preprocessor, max_length, device, precision,
+                                        splits.label_names, cfg.dropout_rate, cfg.scratch_vocab_size, cache)
+    limit = _model_limit(model)
+    train_ids, val_ids = _tokenize_splits(cache, tokenizer, train_texts, val_texts, limit)
+    max_length = _resolve_max_length(cfg, train_ids, limit)
+    train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, max_length)
+    plan = _make_plan(cfg, splits, preprocessor, max_length, device, precision,
                       from_scratch=scratch_preset(cfg.model) is not None)
     if cfg.swa_start is not None:
         swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs))  # refuse a bad value before any folder
@@ -170,8 +173,10 @@ def resume(path: Path, *, show_progress: bool = False, stop: StopRequest | None 
     preprocessor = TextPreprocessor.load(run.preprocessor)
     tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
     model = load_classifier(existing_directory(run.last), plan.num_labels, plan.label_names, None)
-    train_data = encode(tokenizer, preprocessor.transform(splits.train.texts), plan.max_length, splits.train.labels)
-    val_data = encode(tokenizer, preprocessor.transform(splits.val.texts), plan.max_length, splits.val.labels)
+    cache = DiskCache(Path(cfg.cache_dir) if cfg.cache_dir else None)
+    train_ids, val_ids = _tokenize_splits(cache, tokenizer, preprocessor.transform(splits.train.texts),
+                                          preprocessor.transform(splits.val.texts), _model_limit(model))
+    train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, plan.max_length)
     loop = LoopState(**state["loop"])
     set_rng_state(state["rng"])
     log.info("resuming %s at epoch %d, step %d", run.path, loop.epoch, loop.global_step)
@@ -461,8 +466,7 @@ def _log_train(logger: MetricsLogger, loop: LoopState, plan: TrainingPlan, lr: f
     loop.loss_since_log, loop.windows_since_log = 0.0, 0
 
 
-def _make_plan(cfg: TrainConfig, splits: Splits, tokenizer: PreTrainedTokenizerBase, preprocessor: TextPreprocessor,
-               max_length: int, device: torch.device, precision: str, from_scratch: bool) -> TrainingPlan:
+def _make_plan(cfg: TrainConfig, splits: Splits, preprocessor: TextPreprocessor, max_length: int, device: torch.device, precision: str, from_scratch: bool) -> TrainingPlan:
     train_counts = class_distribution(splits.train.labels, splits.num_labels)
     alpha = cfg.focal_loss_alpha
     if alpha == "auto":
@@ -481,18 +485,42 @@ def _make_plan(cfg: TrainConfig, splits: Splits, tokenizer: PreTrainedTokenizerB
         micro_batches_per_epoch=micro, steps_per_epoch=per_epoch, total_steps=total, warmup_steps=warmup)
 
 
-def _resolve_max_length(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-                        model: PreTrainedModel) -> int:
-    limit = getattr(model.config, "max_position_embeddings", None) or 512
+def _model_limit(model: PreTrainedModel) -> int:
+    return getattr(model.config, "max_position_embeddings", None) or 512
+
+
+def _tokenize_splits(cache: DiskCache, tokenizer: PreTrainedTokenizerBase, train_texts: list[str],
+                     val_texts: list[str], limit: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Token ids of both splits at the model's limit, from the cache when the same texts were seen."""
+    def build(folder: Path) -> None:
+        started = time.perf_counter()
+        save_ids(folder / "train.npz", tokenize(tokenizer, train_texts, limit))
+        save_ids(folder / "val.npz", tokenize(tokenizer, val_texts, limit))
+        log.info("tokenised %d texts in %.1f s", len(train_texts) + len(val_texts), time.perf_counter() - started)
+
+    description = {"train": texts_digest(train_texts), "val": texts_digest(val_texts),
+                   "tokenizer": tokenizer_digest(tokenizer), "limit": limit}
+    return cache.load_or_build("tokenized", description, build,
+                               lambda folder: (load_ids(folder / "train.npz"), load_ids(folder / "val.npz")))
+
+
+def _truncated_splits(tokenizer: PreTrainedTokenizerBase, splits: Splits, train_ids: list[np.ndarray],
+                      val_ids: list[np.ndarray], max_length: int) -> tuple[EncodedTexts, EncodedTexts]:
+    trailing = trailing_special_tokens(tokenizer)
+    return (EncodedTexts(truncate(train_ids, max_length, trailing), splits.train.labels, tokenizer.pad_token_id),
+            EncodedTexts(truncate(val_ids, max_length, trailing), splits.val.labels, tokenizer.pad_token_id))
+
+
+def _resolve_max_length(cfg: TrainConfig, train_ids: list[np.ndarray], limit: int) -> int:
     if cfg.max_length != "auto":
         if cfg.max_length > limit:
             raise UserError(f"--max-length {cfg.max_length}: the model accepts at most {limit} tokens")
         return int(cfg.max_length)
-    lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=limit)["input_ids"]]
+    lengths = np.array([len(ids) for ids in train_ids])
     length = int(math.ceil(np.percentile(lengths, cfg.max_length_percentile) / 8) * 8)
     length = max(8, min(length, limit))
     log.info("max length %d tokens (p%g of training lengths; mean %.1f, longest %d)",
-             length, cfg.max_length_percentile, float(np.mean(lengths)), max(lengths))
+             length, cfg.max_length_percentile, float(lengths.mean()), lengths.max())
     return length
 
 

@@ -48,7 +48,7 @@ def tiny_config(toy_data: dict[str, Path], output_dir: Path, **overrides) -> Tra
     values = dict(
         train_file=str(toy_data["train"]), output_dir=str(output_dir), run_name="toy", model="scratch:tiny",
         scratch_vocab_size=200, val_size=0.25, num_train_epochs=4, per_device_train_batch_size=16,
-        learning_rate=2e-3, warmup_ratio=0.1, logging_steps=5, seed=7,
+        learning_rate=2e-3, warmup_ratio=0.1, logging_steps=5, seed=7, cache_dir=str(output_dir / "cache"),
     )
     values.update(overrides)
     return TrainConfig(**values)

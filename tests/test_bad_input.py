@@ -10,7 +10,7 @@ import train
 from lib.cli import run_cli
 from tests.conftest import write_reviews
 
-FAST = ["--model", "scratch:tiny", "--scratch-vocab-size", "200", "--epochs", "1", "--quiet"]
+FAST = ["--model", "scratch:tiny", "--scratch-vocab-size", "200", "--epochs", "1", "--quiet", "--no-cache"]
 
 
 def _run(argv, capsys):
