@@ -5,9 +5,10 @@
 
 Problems: Branin, Hartmann-6, a mixed Ackley-7 (int and categorical parameters) and a surrogate of
 the user's own sweep parsed from experiments/sweep_seed.json. Every problem is a W&B sweep config
-parsed by lib.search, and Optuna gets the same space. Paired design: within a seed all methods share
-the first 10 configurations (our random sampler's, enqueued into Optuna), so differences come from
-the model-guided trials only. Prints mean regret at N = 10, 20, 50, 100, 200, the geometric-mean
+parsed by lib.search, and Optuna gets the same space. Each sampler runs with its defaults (ours:
+5 random startup trials, Optuna: 10). Paired design: within a seed every method starts from the same
+random configurations (our random sampler's, enqueued into Optuna for its 10 startup trials; our
+TPE's 5 are the first 5 of them). Prints mean regret at N = 10, 20, 50, 100, 200, the geometric-mean
 ratio of mean regrets ours/Optuna and ours/random with a bootstrap-over-seeds 95% interval, per
 problem paired Wilcoxon p-values (Holm-corrected), and milliseconds per suggestion.
 """
@@ -32,7 +33,7 @@ from lib.search.space import load_sweep_config
 SEED_CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "sweep_seed.json"
 CHECKPOINTS = (10, 20, 50, 100, 200)
 METHODS = ("ours_tpe", "optuna_tpe", "ours_random", "optuna_random")
-N_STARTUP = 10
+OPTUNA_STARTUP = 10  # Optuna's default n_startup_trials
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,12 @@ def branin(p: dict[str, Any]) -> float:
 
 
 _H6_A = np.array(
-    [[10, 3, 17, 3.5, 1.7, 8], [0.05, 10, 17, 0.1, 8, 14], [3, 3.5, 1.7, 10, 17, 8], [17, 8, 0.05, 10, 0.1, 14]]
+    [
+        [10, 3, 17, 3.5, 1.7, 8],
+        [0.05, 10, 17, 0.1, 8, 14],
+        [3, 3.5, 1.7, 10, 17, 8],
+        [17, 8, 0.05, 10, 0.1, 14],
+    ]
 )
 _H6_P = 1e-4 * np.array(
     [
@@ -138,8 +144,15 @@ def problems() -> list[Problem]:
     ackley["c"] = {"values": list(_ACKLEY_OFFSET)}
     sweep = load_sweep_config(SEED_CONFIG)
     return [
-        Problem("branin", config({"x1": _floats(["a"], -5.0, 10.0)["a"], "x2": _floats(["a"], 0.0, 15.0)["a"]}), branin, 0.397887357729739),
-        Problem("hartmann6", config(_floats([f"x{i}" for i in range(6)], 0.0, 1.0)), hartmann6, -3.32236801141551),
+        Problem(
+            "branin",
+            config({"x1": _floats(["a"], -5.0, 10.0)["a"], "x2": _floats(["a"], 0.0, 15.0)["a"]}),
+            branin,
+            0.397887357729739,
+        ),
+        Problem(
+            "hartmann6", config(_floats([f"x{i}" for i in range(6)], 0.0, 1.0)), hartmann6, -3.32236801141551
+        ),
         Problem("mixed_ackley7", config(ackley), mixed_ackley, 0.0),
         Problem("sweep_surrogate", sweep, sweep_loss, sweep_optimum(sweep)),
     ]
@@ -158,7 +171,9 @@ def _optuna_distributions(space: SweepSpace) -> dict[str, Any]:
             raise NotImplementedError(f"{p.name}: Optuna has no log distribution with a step")
         else:
             first, last = p.grid_ends()
-            cls = optuna.distributions.IntDistribution if p.integer else optuna.distributions.FloatDistribution
+            cls = (
+                optuna.distributions.IntDistribution if p.integer else optuna.distributions.FloatDistribution
+            )
             out[p.name] = cls(first, last, step=p.step)
     return out
 
@@ -169,7 +184,7 @@ def run_one(problem: Problem, method: str, seed: int, n_trials: int) -> tuple[np
     values = np.empty(n_trials)
     seconds = np.empty(n_trials)
     if method.startswith("ours"):
-        sampler = TPESampler(problem.space, seed, n_startup_trials=N_STARTUP) if method == "ours_tpe" else startup
+        sampler = TPESampler(problem.space, seed) if method == "ours_tpe" else startup
         trials: list[Trial] = []
         for n in range(n_trials):
             start = time.perf_counter()
@@ -182,12 +197,12 @@ def run_one(problem: Problem, method: str, seed: int, n_trials: int) -> tuple[np
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         if method == "optuna_tpe":
-            optuna_sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=N_STARTUP)
+            optuna_sampler = optuna.samplers.TPESampler(seed=seed)
         else:
             optuna_sampler = optuna.samplers.RandomSampler(seed=seed)
         study = optuna.create_study(sampler=optuna_sampler)
         searched = {p.name for p in problem.space.searched}
-        for n in range(min(N_STARTUP, n_trials)):
+        for n in range(min(OPTUNA_STARTUP, n_trials)):
             params = startup.suggest(n)
             study.enqueue_trial({k: v for k, v in params.items() if k in searched})
         distributions = _optuna_distributions(problem.space)
@@ -213,7 +228,9 @@ def geo_ratio(a: np.ndarray, b: np.ndarray, floor: np.ndarray) -> float:
     return float(np.exp(np.log(num / den).mean()))
 
 
-def bootstrap_ratio(a: np.ndarray, b: np.ndarray, floor: np.ndarray, rng: np.random.Generator, reps: int = 2000) -> tuple[float, float]:
+def bootstrap_ratio(
+    a: np.ndarray, b: np.ndarray, floor: np.ndarray, rng: np.random.Generator, reps: int = 2000
+) -> tuple[float, float]:
     """95% interval of `geo_ratio`, resampling seeds (paired) within each problem."""
     n_problems, n_seeds = a.shape
     ratios = np.empty(reps)
@@ -233,7 +250,9 @@ def holm(pvalues: list[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def report(names: list[str], regret: dict[str, np.ndarray], seconds: dict[str, np.ndarray], clip: np.ndarray) -> dict[str, Any]:
+def report(
+    names: list[str], regret: dict[str, np.ndarray], seconds: dict[str, np.ndarray], clip: np.ndarray
+) -> dict[str, Any]:
     """Print the tables; return the JSON summary. regret[m] is (problems, seeds, trials)."""
     from scipy.stats import wilcoxon
 
@@ -246,7 +265,10 @@ def report(names: list[str], regret: dict[str, np.ndarray], seconds: dict[str, n
         print(f"\nN = {n}: mean simple regret (± s.e.) over {at['ours_tpe'].shape[1]} seeds")
         print(f"{'problem':<16}" + "".join(f"{m:>22}" for m in METHODS))
         for i, name in enumerate(names):
-            cells = [f"{at[m][i].mean():.4g} ± {at[m][i].std(ddof=1) / math.sqrt(at[m].shape[1]):.2g}" for m in METHODS]
+            cells = [
+                f"{at[m][i].mean():.4g} ± {at[m][i].std(ddof=1) / math.sqrt(at[m].shape[1]):.2g}"
+                for m in METHODS
+            ]
             print(f"{name:<16}" + "".join(f"{c:>22}" for c in cells))
         entry: dict[str, Any] = {}
         for other in ("optuna_tpe", "ours_random"):
@@ -257,18 +279,25 @@ def report(names: list[str], regret: dict[str, np.ndarray], seconds: dict[str, n
         pvalues = []
         for i in range(len(names)):
             diff = at["ours_tpe"][i] - at["optuna_tpe"][i]
-            pvalues.append(1.0 if np.all(diff == 0) else float(wilcoxon(at["ours_tpe"][i], at["optuna_tpe"][i]).pvalue))
+            pvalues.append(
+                1.0 if np.all(diff == 0) else float(wilcoxon(at["ours_tpe"][i], at["optuna_tpe"][i]).pvalue)
+            )
         per_problem = {}
         for i, (name, p) in enumerate(zip(names, holm(pvalues))):
             ratio = at["ours_tpe"][i].mean() / max(at["optuna_tpe"][i].mean(), floor[i])
             verdict = "worse" if p < 0.05 and ratio > 1 else "better" if p < 0.05 else "n.s."
             per_problem[name] = {"ratio": float(ratio), "holm_p": p, "verdict": verdict}
-        print("ours/optuna per problem (Holm p): " + ", ".join(f"{k} {v['ratio']:.2f} (p={v['holm_p']:.2g}, {v['verdict']})" for k, v in per_problem.items()))
+        print(
+            "ours/optuna per problem (Holm p): "
+            + ", ".join(
+                f"{k} {v['ratio']:.2f} (p={v['holm_p']:.2g}, {v['verdict']})" for k, v in per_problem.items()
+            )
+        )
         entry["per_problem"] = per_problem
         summary["checkpoints"][str(n)] = entry
     print("\nms per suggestion, mean over model-guided trials (last 10 trials in brackets):")
     for m in METHODS:
-        guided = seconds[m][:, :, N_STARTUP:] * 1e3
+        guided = seconds[m][:, :, OPTUNA_STARTUP:] * 1e3
         late = seconds[m][:, :, -10:] * 1e3
         cells = [f"{name} {guided[i].mean():.2f} ({late[i].mean():.2f})" for i, name in enumerate(names)]
         print(f"{m:<14} " + "; ".join(cells))
@@ -277,7 +306,9 @@ def report(names: list[str], regret: dict[str, np.ndarray], seconds: dict[str, n
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--workers", type=int, default=multiprocessing.cpu_count())
@@ -296,7 +327,8 @@ def main() -> None:
         for index, method, seed, r, s in pool.imap_unordered(_job, jobs, chunksize=2):
             regret[method][chosen.index(index), seed] = r
             seconds[method][chosen.index(index), seed] = s
-    print(f"{len(jobs)} runs of {args.trials} trials in {time.perf_counter() - start:.0f} s on {args.workers} workers")
+    elapsed = time.perf_counter() - start
+    print(f"{len(jobs)} runs of {args.trials} trials in {elapsed:.0f} s on {args.workers} workers")
     # bayesmark's normaliser: the median random value after one evaluation (regret of trial 0).
     clip = np.median(regret["ours_random"][:, :, 0], axis=1)
     summary = report(names, regret, seconds, clip)

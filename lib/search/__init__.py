@@ -13,7 +13,7 @@ from lib.search.tpe import TPESampler
 from lib.search.trials import Trial, TrialState
 
 
-def make_sampler(space: SweepSpace, seed: int, n_startup_trials: int = 10) -> Sampler:
+def make_sampler(space: SweepSpace, seed: int, n_startup_trials: int = 5) -> Sampler:
     """The sampler for `space.method`: random, grid, or bayes (our TPE)."""
     if space.method == "grid":
         return GridSampler(space)

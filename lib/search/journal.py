@@ -111,31 +111,49 @@ class Journal:
         parameters. Returns None when `max_trials` trials exist (failed ones count) or the sampler
         has nothing left.
         """
-        with self._locked(fcntl.LOCK_EX):
-            trials = self._replay()
-            now = self._clock()
-            records = []
-            for t in trials:
-                if t.state is TrialState.RUNNING and now - t.last_seen > stale_after_s:
-                    log.warning("trial %d: no heartbeat from %s for %.0f s, requeued", t.number, t.worker, now - t.last_seen)
-                    records.append(self._record("requeued", t.number, reason=f"stale {t.worker}"))
-            waiting = [t for t in trials if t.state is TrialState.WAITING or _in(records, t.number)]
-            if waiting:
-                chosen = min(waiting, key=lambda t: t.number)
-            else:
-                if max_trials is not None and len(trials) >= max_trials:
-                    self._append(records)
-                    return None
-                number = len(trials)
-                params = suggest(number, trials)
-                if params is None:
-                    self._append(records)
-                    return None
-                records.append(self._record("created", number, params=params))
-                chosen = Trial(number, params)
-            records.append(self._record("claimed", chosen.number, worker=worker, attempt=chosen.attempt + 1))
-            self._append(records)
-            return next(t for t in self._replay() if t.number == chosen.number)
+        while True:
+            with self._locked(fcntl.LOCK_EX):
+                trials = self._replay()
+                records = self._stale_requeues(trials, stale_after_s)
+                requeued = {r["trial"] for r in records}
+                waiting = [t for t in trials if t.state is TrialState.WAITING or t.number in requeued]
+                if waiting:
+                    chosen = min(waiting, key=lambda t: t.number)
+                else:
+                    number = len(trials)
+                    params = (
+                        None if max_trials is not None and number >= max_trials else suggest(number, trials)
+                    )
+                    if params is None:
+                        self._append(records)
+                        return None
+                    records.append(self._record("created", number, params=params))
+                    chosen = Trial(number, params)
+                attempt = chosen.attempt + 1
+                records.append(self._record("claimed", chosen.number, worker=worker, attempt=attempt))
+                self._append(records)
+                trial = next(t for t in self._replay() if t.number == chosen.number)
+            if trial.worker == worker and trial.attempt == attempt:
+                return trial
+            # Only reachable where the lock does not hold (some network filesystems): the replay
+            # rule "first claim wins" decided against us, so try again.
+            log.warning(
+                "trial %d was claimed by %s at the same time; trying another", trial.number, trial.worker
+            )
+
+    def _stale_requeues(self, trials: list[Trial], stale_after_s: float) -> list[dict[str, Any]]:
+        now = self._clock()
+        records = []
+        for t in trials:
+            if t.state is TrialState.RUNNING and now - t.last_seen > stale_after_s:
+                log.warning(
+                    "trial %d: no sign of life from %s for %.0f s; requeued",
+                    t.number,
+                    t.worker,
+                    now - t.last_seen,
+                )
+                records.append(self._record("requeued", t.number, reason=f"stale {t.worker}"))
+        return records
 
     def heartbeat(self, number: int, worker: str) -> bool:
         """Record that `worker` is alive; False means the trial is no longer its own: stop it."""
@@ -192,7 +210,7 @@ class Journal:
         """Write records as whole lines in one write, first closing a torn last line."""
         if not records:
             return
-        text = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+        text = "".join(_encode(r) for r in records)
         with open(self.path, "a+b") as f:
             size = f.seek(0, os.SEEK_END)
             if size:
@@ -202,8 +220,10 @@ class Journal:
                     fragment = tail.rsplit(b"\n", 1)[-1]
                     if _parse(fragment) is None:
                         torn_line = self._line_count() + 1
-                        log.warning("%s: line %d was torn (a writer died mid-line); skipping it", self.path, torn_line)
-                        text = "\n" + json.dumps({"op": "repair", "t": self._clock(), "line": torn_line}) + "\n" + text
+                        log.warning(
+                            "%s: line %d was torn (a writer died mid-line); skipping it", self.path, torn_line
+                        )
+                        text = "\n" + _encode({"op": "repair", "t": self._clock(), "line": torn_line}) + text
                     else:
                         text = "\n" + text
             f.write(text.encode())
@@ -229,7 +249,9 @@ class Journal:
             marker = _parse(raw[i + 1]) if i + 1 < len(raw) else None
             repaired = marker is not None and marker.get("op") == "repair" and marker.get("line") == i + 1
             if not (is_last or repaired):
-                raise UserError(f"{self.path}: line {i + 1} is corrupt (not a journal record); refusing to replay")
+                raise UserError(
+                    f"{self.path}: line {i + 1} is corrupt (not a journal record); refusing to replay"
+                )
             log.debug("%s: skipping torn line %d", self.path, i + 1)
         return out
 
@@ -250,8 +272,8 @@ class Journal:
         return [table[n] for n in sorted(table)]
 
 
-def _in(records: list[dict[str, Any]], number: int) -> bool:
-    return any(r["trial"] == number for r in records)
+def _encode(record: dict[str, Any]) -> str:
+    return json.dumps(record, separators=(",", ":")) + "\n"
 
 
 def _parse(text: bytes) -> dict[str, Any] | None:

@@ -69,4 +69,3 @@ class GridSampler:
             number, index = divmod(number, len(values))
             out[name] = values[index]
         return {name: out[name] for name, _ in self._axes}
-

@@ -224,9 +224,7 @@ def load_sweep_config(path: Path, known_parameters: Collection[str] | None = Non
     return parse_sweep_config(raw, known_parameters)
 
 
-def parse_sweep_config(
-    raw: Mapping[str, Any], known_parameters: Collection[str] | None = None
-) -> SweepSpace:
+def parse_sweep_config(raw: Mapping[str, Any], known_parameters: Collection[str] | None = None) -> SweepSpace:
     """Validate a W&B sweep config dict; `known_parameters` are the names train.py accepts."""
     unknown = set(raw) - _TOP_KEYS - _PASS_THROUGH_KEYS
     if unknown:
