@@ -1,6 +1,7 @@
 """Write a submission (`ID,pred`) for a CSV with a finished run's preprocessor, tokenizer and model.
 
     python predict.py runs/<name> --test data/test.csv --out submission.csv
+    python predict.py runs/ens-<name> --test data/test.csv --out submission.csv   # an ensemble folder
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 from lib.cli import run_cli
+from lib.ensemble import is_ensemble_folder, predict_with_ensemble
 from lib.errors import UserError
 from lib.predict import distribution_table, load_run, predict_table, save_logits, write_predictions
 from lib.progress import progress_enabled
@@ -23,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str]) -> int:
     parser = _Parser(prog="predict.py", description=__doc__.splitlines()[0],
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("run", type=Path, help="finished run folder")
+    parser.add_argument("run", type=Path, help="finished run folder, or an ensemble folder from ensemble.py vote")
     parser.add_argument("--test", type=Path, default=Path("data/test.csv"), help="CSV with id and text columns")
     parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="where to write ID,pred")
     parser.add_argument("--model", default=None,
@@ -34,13 +36,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    loaded = load_run(args.run, args.model, args.device)
-    ids, logits = predict_table(loaded.cfg, loaded.plan, loaded.preprocessor, loaded.tokenizer, loaded.model,
-                                args.test, loaded.device, progress_enabled(args.quiet), args.batch_size)
-    write_predictions(args.out, ids, logits, loaded.cfg.id_column, args.pred_column)
+    if is_ensemble_folder(args.run):
+        if args.model:
+            raise UserError("--model: an ensemble folder predicts with the models its members kept; omit --model")
+        ensemble = predict_with_ensemble(args.run, args.test, args.device, progress_enabled(args.quiet),
+                                         args.batch_size)
+        ids, logits = ensemble.ids, ensemble.scores
+        id_column, distribution = ensemble.id_column, ensemble.distribution
+    else:
+        loaded = load_run(args.run, args.model, args.device)
+        ids, logits = predict_table(loaded.cfg, loaded.plan, loaded.preprocessor, loaded.tokenizer, loaded.model,
+                                    args.test, loaded.device, progress_enabled(args.quiet), args.batch_size)
+        id_column, distribution = loaded.cfg.id_column, distribution_table(loaded.plan, logits.argmax(axis=1))
+    write_predictions(args.out, ids, logits, id_column, args.pred_column)
     if args.logits_out:
         save_logits(args.logits_out, ids, logits)
-    print(distribution_table(loaded.plan, logits.argmax(axis=1)))
+    print(distribution)
     print(f"wrote {len(ids)} predictions to {args.out}")
     return 0
 

@@ -1,0 +1,97 @@
+"""Train ensemble members, or combine finished runs into one prediction.
+
+    python ensemble.py train --models scratch:tiny scratch:mini --config experiments/x.json [--folds 5] [train.py flags]
+    python ensemble.py vote runs/a runs/b --test data/test.csv --out submission.csv [--weights fit] [--stack]
+        [--calibrate temperature] [--prior-correction em|train] [--save runs/ens-NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lib.calibration import CALIBRATIONS, PRIOR_CORRECTIONS
+from lib.cli import run_cli
+from lib.ensemble import vote
+from lib.ensemble_train import train_ensemble
+from lib.errors import UserError
+from lib.progress import progress_enabled
+from lib.trainer import StopRequest, TrainingInterrupted
+from lib.voting import AVERAGE_MODES
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        raise UserError(message)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ensemble.py", description=__doc__.splitlines()[0], allow_abbrev=False)
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser(
+        "train", allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="train one run per model (and per fold) with shared options",
+        description="Train one run per model with shared options; any train.py flag (--config, --epochs, "
+                    "--output-dir, --overwrite, --quiet, ...) applies to every member.")
+    train.add_argument("--models", nargs="+", required=True,
+                       help="hub ids, local folders or scratch: presets, one member each")
+    train.add_argument("--folds", type=int, default=None,
+                       help="K-fold members: K runs per model and their out-of-fold logits (default: the "
+                            "config's num_folds, else one validation split)")
+    train.add_argument("--name", default=None, help="prefix of the member folders (default: ens-<date>-<time>)")
+
+    combine = commands.add_parser(
+        "vote", allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="soft-vote or stack finished runs, compare them on validation, predict a test file",
+        description="Soft-vote or stack finished runs (or cross-validation folders from train --folds).")
+    combine.add_argument("runs", nargs="+", type=Path, help="finished run folders validated on the same rows")
+    combine.add_argument("--test", type=Path, default=None, help="CSV to predict (without it: validation only)")
+    combine.add_argument("--out", type=Path, default=Path("submission.csv"), help="where to write ID,pred")
+    combine.add_argument("--average", choices=AVERAGE_MODES, default="logits",
+                         help="pool members' logits (geometric mean of probabilities) or probabilities")
+    combine.add_argument("--weights", default=None,
+                         help="comma-separated member weights (1,1,2), or 'fit' on validation NLL; default: equal")
+    combine.add_argument("--stack", action="store_true",
+                         help="predict with a logistic-regression meta-learner on the members' logits "
+                              "(scored cross-validated next to voting)")
+    combine.add_argument("--calibrate", choices=CALIBRATIONS, default=None,
+                         help="fit a temperature on validation NLL after pooling")
+    combine.add_argument("--prior-correction", choices=PRIOR_CORRECTIONS, default=None,
+                         help="em: re-estimate the test class prior (Saerens et al. 2002); "
+                              "train: make the mean test posterior match the training prior")
+    combine.add_argument("--save", type=Path, default=None, help="write an ensemble folder predict.py can use")
+    combine.add_argument("--overwrite", action="store_true", help="replace the --save folder if it exists")
+    combine.add_argument("--pred-column", default="pred", help="name of the prediction column")
+    combine.add_argument("--batch-size", type=int, default=None, help="default: each run's eval batch size")
+    combine.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    combine.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = _build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":
+        stop = StopRequest()
+        try:
+            with stop.on_sigint():
+                trained = train_ensemble(args.models, rest, folds=args.folds, name=args.name, stop=stop)
+        except TrainingInterrupted as interrupted:
+            print(f"\nstopped; state saved. Resume the member with:\n  python train.py --resume "
+                  f"{interrupted.run_path}", file=sys.stderr)
+            return 130
+        print(trained.report)
+        return 0
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    result = vote(args.runs, test=args.test, out=args.out, average=args.average, weights=args.weights,
+                  stack=args.stack, calibrate=args.calibrate, prior_correction=args.prior_correction,
+                  save=args.save, overwrite=args.overwrite, pred_column=args.pred_column, device=args.device,
+                  show_progress=progress_enabled(args.quiet), batch_size=args.batch_size)
+    print(result.report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
