@@ -57,21 +57,32 @@ class StepOutcome:
 
 
 def accumulate_window(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], loss_fn: torch.nn.Module,
-                      scaler: torch.amp.GradScaler, precision: str, device: torch.device) -> torch.Tensor:
-    """Forward and backward over one accumulation window; returns the window's per-sample mean loss.
+                      scaler: torch.amp.GradScaler, precision: str, device: torch.device,
+                      window_samples: int | None = None, world_size: int = 1) -> torch.Tensor:
+    """Forward and backward over one accumulation window; returns this process's share of the
+    window's per-sample mean loss.
 
     Each micro-batch's summed per-sample loss is divided by the number of samples in the whole
     window, so k micro-batches give the same gradient as one batch of all their rows, including
-    a short last window (the HF Trainer divides by the number of micro-batches instead).
+    a short last window (the HF Trainer divides by the number of micro-batches instead). Under
+    DistributedDataParallel, `window_samples` counts the rows of all processes and the loss is
+    multiplied by `world_size` to undo DDP's gradient averaging; gradients are all-reduced only on
+    the last micro-batch. A batch may carry a `weight` of 0 (a placeholder row for a process
+    whose share of the last batch is empty).
     """
-    window_samples = sum(len(batch["labels"]) for batch in batches)
+    if window_samples is None:
+        window_samples = sum(len(batch["labels"]) for batch in batches)
     total = torch.zeros((), device=device)
-    for batch in batches:
-        with autocast(precision, device):
-            logits = model(input_ids=batch["input_ids"].to(device, non_blocking=True),
-                           attention_mask=batch["attention_mask"].to(device, non_blocking=True)).logits
-        loss = loss_fn(logits, batch["labels"].to(device, non_blocking=True)).sum() / window_samples
-        scaler.scale(loss).backward()
+    for index, batch in enumerate(batches):
+        last = index == len(batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast(precision, device):
+                logits = model(input_ids=batch["input_ids"].to(device, non_blocking=True),
+                               attention_mask=batch["attention_mask"].to(device, non_blocking=True)).logits
+            loss = loss_fn(logits, batch["labels"].to(device, non_blocking=True)).sum() * batch.get("weight", 1.0)
+            loss = loss / window_samples
+            scaler.scale(loss * world_size).backward()
         total += loss.detach()
     return total
 

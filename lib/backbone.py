@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +22,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           BertForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase,
                           PreTrainedTokenizerFast)
 
-from lib.cache import DiskCache, texts_digest
+from lib.cache import DiskCache, texts_digest, tokenizer_digest
 from lib.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -86,13 +85,17 @@ def train_wordpiece(texts: Sequence[str], vocab_size: int, extra_special_tokens:
         sep_token="[SEP]", mask_token="[MASK]", model_max_length=model_max_length)
 
 
-def build_scratch_folder(preset: ScratchPreset, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    """Save a randomly initialised BERT of `preset` and its tokenizer, as a hub model would be laid out."""
+def build_scratch_folder(preset: ScratchPreset, tokenizer: PreTrainedTokenizerBase, folder: Path, num_labels: int,
+                         seed: int) -> None:
+    """Save a BERT of `preset`, initialised from `seed`, and its tokenizer, laid out as a hub model is."""
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=preset.hidden, num_hidden_layers=preset.layers,
-        num_attention_heads=preset.heads, intermediate_size=preset.intermediate,
+        num_attention_heads=preset.heads, intermediate_size=preset.intermediate, num_labels=num_labels,
         max_position_embeddings=tokenizer.model_max_length, pad_token_id=tokenizer.pad_token_id)
-    BertForSequenceClassification(config).save_pretrained(folder)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(config)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
@@ -140,25 +143,32 @@ def add_special_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedMode
 
 def prepare_backbone(model_name: str, train_texts: Sequence[str], special_tokens: Sequence[str],
                      num_labels: int, label_names: Sequence[str], dropout: float | None,
-                     scratch_vocab_size: int, cache: DiskCache) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
-    """Tokenizer and model for a new run; seed torch before calling (it initialises the head)."""
+                     scratch_vocab_size: int, seed: int, cache: DiskCache
+                     ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """Tokenizer and model for a new run.
+
+    A scratch model's tokenizer and initial weights are cache entries (keyed by the training texts,
+    the preset and the seed), loaded through `from_pretrained` like a hub model; under torchrun every
+    process loads the same folder, which rank 0 wrote.
+    """
     preset = scratch_preset(model_name)
     if preset is None:
         tokenizer = load_tokenizer(model_name)
         model = load_classifier(model_name, num_labels, label_names, dropout)
     else:
-        def build(folder: Path) -> None:
+        def build_tokenizer(folder: Path) -> None:
             log.info("training a %d-token WordPiece vocabulary on %d texts for %s",
                      scratch_vocab_size, len(train_texts), model_name)
             train_wordpiece(train_texts, scratch_vocab_size, special_tokens).save_pretrained(folder)
 
-        description = {"texts": texts_digest(train_texts), "vocab_size": scratch_vocab_size,
-                       "special_tokens": list(special_tokens)}
-        wordpiece = cache.load_or_build("wordpiece", description, build, AutoTokenizer.from_pretrained)
-        with tempfile.TemporaryDirectory(prefix="scratch-") as folder:
-            build_scratch_folder(preset, wordpiece, Path(folder))
-            tokenizer = load_tokenizer(folder)
-            model = load_classifier(folder, num_labels, label_names, dropout)
+        wordpiece = cache.load_or_build(
+            "wordpiece", {"texts": texts_digest(train_texts), "vocab_size": scratch_vocab_size,
+                          "special_tokens": list(special_tokens)}, build_tokenizer, AutoTokenizer.from_pretrained)
+        tokenizer, model = cache.load_or_build(
+            "scratch-init", {"tokenizer": tokenizer_digest(wordpiece), "preset": model_name,
+                             "num_labels": num_labels, "seed": seed},
+            lambda folder: build_scratch_folder(preset, wordpiece, folder, num_labels, seed),
+            lambda folder: (load_tokenizer(folder), load_classifier(folder, num_labels, label_names, dropout)))
     add_special_tokens(tokenizer, model, special_tokens)
     return tokenizer, model
 

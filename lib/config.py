@@ -212,6 +212,9 @@ class TrainConfig:
     precision: str = field(default="auto", metadata=_option(
         "auto = fp16 + GradScaler on CUDA (bf16 where supported), fp32 on CPU", "run", choices=PRECISIONS))
     device: str = field(default="auto", metadata=_option("auto, cpu or cuda[:N]", "run"))
+    ddp_backend: str = field(default="auto", metadata=_option(
+        "process-group backend under torchrun: auto = nccl on CUDA, gloo on CPU", "run",
+        choices=("auto", "gloo", "nccl")))
     group_by_length: bool = field(default=True, metadata=_option(
         "length-grouped training batches (dynamic padding is always on)", "run", parse=_bool))
     output_dir: str = field(default="runs", metadata=_option("folder that holds run folders", "run"))

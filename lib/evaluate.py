@@ -12,14 +12,19 @@ from lib.progress import progress_bar
 
 
 def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, precision: str,
-                   device: torch.device, desc: str, show_progress: bool) -> np.ndarray:
-    """fp32 logits in the rows' original order, whatever order the batches ran in."""
+                   device: torch.device, desc: str, show_progress: bool, part: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """fp32 logits in the rows' original order, whatever order the batches ran in.
+
+    `part=(k, n)` computes only every n-th length-sorted batch starting at k (one process's share
+    of a distributed evaluation); the other rows are left as NaN for the caller to gather.
+    """
     was_training = model.training
     model.eval()
-    logits = np.empty((len(data), model.config.num_labels), dtype=np.float32)
-    batches = sorted_batches(data.lengths, batch_size)
+    logits = np.full((len(data), model.config.num_labels), np.nan, dtype=np.float32)
+    batches = sorted_batches(data.lengths, batch_size)[part[0]::part[1]]
     chunks = []
-    with torch.inference_mode(), progress_bar(len(data), desc, show_progress, unit="rows") as bar:
+    total = sum(len(rows) for rows in batches)
+    with torch.inference_mode(), progress_bar(total, desc, show_progress, unit="rows") as bar:
         for rows in batches:
             batch = collate(data, rows)
             with autocast(precision, device):

@@ -138,7 +138,7 @@ def finish(run: RunFolder, overwrite: bool) -> RunFolder:
     return RunFolder(final)
 
 
-def environment_record(device: torch.device, argv: list[str]) -> dict:
+def environment_record(device: torch.device, argv: list[str], world_size: int = 1) -> dict:
     import tokenizers
     import transformers
 
@@ -154,6 +154,7 @@ def environment_record(device: torch.device, argv: list[str]) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": str(device),
+        "world_size": world_size,
         "git_commit": _git(["rev-parse", "HEAD"]),
         "git_dirty": bool(_git(["status", "--porcelain", "--untracked-files=no"])),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -20,6 +20,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lib import amp, swa
@@ -31,6 +32,7 @@ from lib.checkpoint import (CheckpointStore, atomic_directory, existing_director
                             set_rng_state)
 from lib.config import TrainConfig
 from lib.data import Splits, class_distribution, load_splits
+from lib.distributed import Distributed, init_distributed, shard
 from lib.errors import UserError
 from lib.evaluate import predict_logits
 from lib.logger import MetricsLogger
@@ -118,12 +120,17 @@ class Session:
     val_data: EncodedTexts
     device: torch.device
     show_progress: bool
+    ctx: Distributed
 
 
 def train_new(cfg: TrainConfig, *, overwrite: bool = False, show_progress: bool = False,
               argv: list[str] | None = None, stop: StopRequest | None = None) -> RunFolder:
-    """Train a new run from `cfg`; returns the finished run folder."""
-    device = amp.resolve_device(cfg.device)
+    """Train a new run from `cfg`; returns the finished run folder (on every rank under torchrun)."""
+    ctx, ddp_device = init_distributed(cfg.device, cfg.ddp_backend)
+    if ctx.enabled and not cfg.cache_dir:
+        raise UserError("--no-cache: under torchrun the processes share the tokenizer through the cache; "
+                        "give a --cache-dir")
+    device = ddp_device or amp.resolve_device(cfg.device)
     precision = amp.resolve_precision(cfg.precision, device)
     _seed_everything(cfg.seed)
     splits = load_splits(cfg)
@@ -132,30 +139,37 @@ def train_new(cfg: TrainConfig, *, overwrite: bool = False, show_progress: bool 
     train_texts = preprocessor.fit(splits.train.texts).transform(splits.train.texts)
     val_texts = preprocessor.transform(splits.val.texts)
     cache = DiskCache(Path(cfg.cache_dir) if cfg.cache_dir else None)
+    if not ctx.is_main:
+        ctx.barrier()  # rank 0 fills the cache first, so every rank gets the same tokenizer
     tokenizer, model = prepare_backbone(cfg.model, train_texts, preprocessor.special_tokens, splits.num_labels,
-                                        splits.label_names, cfg.dropout_rate, cfg.scratch_vocab_size, cache)
+                                        splits.label_names, cfg.dropout_rate, cfg.scratch_vocab_size, cfg.seed, cache)
     limit = _model_limit(model)
     train_ids, val_ids = _tokenize_splits(cache, tokenizer, train_texts, val_texts, limit)
+    if ctx.is_main:
+        ctx.barrier()
+    _seed_everything(cfg.seed)  # dropout and order must not depend on what preparation drew (cache hits draw less)
     max_length = _resolve_max_length(cfg, train_ids, limit)
     train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, max_length)
-    plan = _make_plan(cfg, splits, preprocessor, max_length, device, precision,
+    plan = _make_plan(cfg, splits, preprocessor, max_length, device, precision, ctx.world_size,
                       from_scratch=scratch_preset(cfg.model) is not None)
     if cfg.swa_start is not None:
         swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs))  # refuse a bad value before any folder
 
-    run = new_run_folder(cfg.output_dir, cfg.run_name, cfg.model, overwrite)
+    run = new_run_folder(cfg.output_dir, cfg.run_name, cfg.model, overwrite) if ctx.is_main else None
     try:
-        cfg.save(run.config)
-        run.write_json(run.plan, plan.to_dict())
-        run.write_json(run.environment, environment_record(device, argv or []))
-        preprocessor.save(run.preprocessor)
-        tokenizer.save_pretrained(run.tokenizer)
+        if ctx.is_main:
+            cfg.save(run.config)
+            run.write_json(run.plan, plan.to_dict())
+            run.write_json(run.environment, environment_record(device, argv or [], ctx.world_size))
+            preprocessor.save(run.preprocessor)
+            tokenizer.save_pretrained(run.tokenizer)
+        run = RunFolder(Path(ctx.broadcast(str(run.path) if run else None)))
         session = Session(cfg, run, plan, splits, tokenizer, model.to(device), train_data, val_data, device,
-                          show_progress)
+                          show_progress and ctx.is_main, ctx)
         return _fit(session, LoopState(), optimizer_state=None, scaler_state=None, overwrite=overwrite,
                     stop=stop or StopRequest())
     except BaseException:
-        if existing_directory(run.last) is None:  # nothing to resume from: leave no folder behind
+        if ctx.is_main and existing_directory(run.last) is None:  # nothing to resume from: leave nothing behind
             shutil.rmtree(run.path, ignore_errors=True)
         raise
 
@@ -166,7 +180,11 @@ def resume(path: Path, *, show_progress: bool = False, stop: StopRequest | None 
     cfg = TrainConfig.load(run.config)
     state = load_state(run.training_state)
     plan = TrainingPlan.load(run.plan)
-    device = amp.resolve_device(cfg.device)
+    ctx, ddp_device = init_distributed(cfg.device, cfg.ddp_backend)
+    if len(state["rng"]) != ctx.world_size:
+        raise UserError(f"--resume: {run.path} was trained by {len(state['rng'])} process(es); "
+                        f"resume it with the same number (this launch has {ctx.world_size})")
+    device = ddp_device or amp.resolve_device(cfg.device)
     splits = load_splits(cfg)
     if splits.num_labels != plan.num_labels or len(splits.train) != sum(plan.train_class_counts):
         raise UserError(f"--resume: the data behind {cfg.train_file} changed since {run.path} started")
@@ -174,14 +192,18 @@ def resume(path: Path, *, show_progress: bool = False, stop: StopRequest | None 
     tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
     model = load_classifier(existing_directory(run.last), plan.num_labels, plan.label_names, None)
     cache = DiskCache(Path(cfg.cache_dir) if cfg.cache_dir else None)
+    if not ctx.is_main:
+        ctx.barrier()
     train_ids, val_ids = _tokenize_splits(cache, tokenizer, preprocessor.transform(splits.train.texts),
                                           preprocessor.transform(splits.val.texts), _model_limit(model))
+    if ctx.is_main:
+        ctx.barrier()
     train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, plan.max_length)
     loop = LoopState(**state["loop"])
-    set_rng_state(state["rng"])
+    set_rng_state(state["rng"][ctx.rank])
     log.info("resuming %s at epoch %d, step %d", run.path, loop.epoch, loop.global_step)
     session = Session(cfg, run, plan, splits, tokenizer, model.to(device), train_data, val_data, device,
-                      show_progress)
+                      show_progress and ctx.is_main, ctx)
     return _fit(session, loop, state["optimizer"], state["scaler"], overwrite=False, stop=stop or StopRequest())
 
 
@@ -200,7 +222,10 @@ class _RunLoop:
 
     def __init__(self, s: Session, loop: LoopState, optimizer_state: dict | None, scaler_state: dict | None):
         cfg, plan = s.cfg, s.plan
-        self.s, self.cfg, self.plan, self.model, self.loop = s, cfg, plan, s.model, loop
+        self.s, self.cfg, self.plan, self.model, self.loop, self.ctx = s, cfg, plan, s.model, loop, s.ctx
+        # forward/backward go through the DDP wrapper; evaluation and saving use the plain model
+        self.trained_model = (DistributedDataParallel(s.model, device_ids=[s.device.index] if s.device.type == "cuda"
+                                                      else None) if s.ctx.enabled else s.model)
         self.optimizer = build_adamw(self.model, plan.learning_rate, cfg.weight_decay,
                                      (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon,
                                      fused=s.device.type in ("cpu", "cuda"))
@@ -227,15 +252,16 @@ class _RunLoop:
         lengths = s.train_data.lengths
         self.padding_efficiency = padding_efficiency(
             lengths, training_batches(lengths, cfg.per_device_train_batch_size, cfg.seed, 0, cfg.group_by_length))
-        self.logger = MetricsLogger(s.run.path, resume_step=loop.global_step or None)
-        self.log_file = _attach_log_file(s.run.path / "train.log")
+        self.logger = MetricsLogger(s.run.path, resume_step=loop.global_step or None) if s.ctx.is_main else None
+        self.log_file = _attach_log_file(s.run.path / "train.log") if s.ctx.is_main else None
         self.pending_loss = torch.zeros((), device=s.device)  # summed on the device; read when logging
         self.bar = progress_bar(plan.total_steps, "train", s.show_progress, unit="step", initial=loop.global_step)
 
     def close(self) -> None:
         self.bar.close()
-        self.logger.close()
-        _detach_log_file(self.log_file)
+        if self.logger is not None:
+            self.logger.close()
+            _detach_log_file(self.log_file)
 
     # --- training -------------------------------------------------------------------------------
 
@@ -247,8 +273,8 @@ class _RunLoop:
                  plan.learning_rate, plan.precision, s.device, 100 * self.padding_efficiency)
         self.model.train()
         while loop.global_step < plan.total_steps and not loop.stop_training:
-            batches = training_batches(s.train_data.lengths, cfg.per_device_train_batch_size, cfg.seed,
-                                       loop.epoch, cfg.group_by_length)
+            batches = training_batches(s.train_data.lengths, cfg.per_device_train_batch_size * self.ctx.world_size,
+                                       cfg.seed, loop.epoch, cfg.group_by_length)
             windows = [batches[i:i + cfg.gradient_accumulation_steps]
                        for i in range(0, len(batches), cfg.gradient_accumulation_steps)]
             for window in windows[loop.windows_done:]:
@@ -258,7 +284,7 @@ class _RunLoop:
                     self._checkpoint()
                 if loop.stop_training or loop.global_step >= plan.total_steps:
                     break
-                if stop.should_stop(loop.global_step):
+                if self.ctx.any(stop.should_stop(loop.global_step)):
                     self._checkpoint()
                     raise TrainingInterrupted(s.run.path)
             else:
@@ -271,10 +297,13 @@ class _RunLoop:
             self._checkpoint()
 
     def _step(self, window: list[np.ndarray]) -> None:
+        """One optimizer step over a window of global micro-batches, each shared among the processes."""
         s, cfg, loop = self.s, self.cfg, self.loop
         started = time.perf_counter()
-        self.pending_loss += amp.accumulate_window(self.model, [collate(s.train_data, rows) for rows in window],
-                                                   self.train_loss, self.scaler, self.plan.precision, s.device)
+        self.pending_loss += amp.accumulate_window(
+            self.trained_model, [self._local_batch(rows) for rows in window], self.train_loss, self.scaler,
+            self.plan.precision, s.device, window_samples=sum(len(rows) for rows in window),
+            world_size=self.ctx.world_size)
         lr = set_learning_rate(self.optimizer, self._lr_multiplier())
         outcome = amp.optimizer_step(self.parameters, self.optimizer, self.scaler, cfg.max_grad_norm)
         loop.schedule_step += int(outcome.applied)
@@ -286,7 +315,16 @@ class _RunLoop:
         self.bar.update(1)
         if loop.global_step % cfg.logging_steps == 0:
             self._fold_pending_loss()
-            _log_train(self.logger, loop, self.plan, lr, outcome.grad_norm, self.bar)
+            if self.logger is not None:
+                _log_train(self.logger, loop, self.plan, lr, outcome.grad_norm, self.bar)
+            else:
+                loop.loss_since_log, loop.windows_since_log = 0.0, 0
+
+    def _local_batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        mine = shard(rows, self.ctx)
+        if len(mine):
+            return collate(self.s.train_data, mine)
+        return {**collate(self.s.train_data, rows[:1]), "weight": 0.0}  # DDP needs a forward on every rank
 
     def _lr_multiplier(self) -> float:
         """The schedule's multiplier, replaced by SWALR's annealing once averaging has started."""
@@ -301,24 +339,29 @@ class _RunLoop:
         return swa_lr_multiplier(step, start, anneal, cfg.swa_lr / plan.learning_rate, schedule(start))
 
     def _fold_pending_loss(self) -> None:
+        if self.ctx.enabled:
+            torch.distributed.all_reduce(self.pending_loss)  # each process holds its share of the mean
         self.loop.loss_since_log += float(self.pending_loss)
         self.pending_loss.zero_()
 
     def _evaluate(self) -> None:
         s, loop = self.s, self.loop
         started = time.perf_counter()
-        logits = self._val_logits(self.model)
+        logits = self._val_logits(self.model, distributed=True)
         loop.eval_seconds += time.perf_counter() - started
         loop.eval_rows += len(s.val_data)
         metrics = classification_metrics(logits, s.splits.val.labels, self.val_loss, self.plan.label_names)
         epoch = loop.global_step / self.plan.steps_per_epoch
-        self.logger.log("val", loop.global_step, epoch, metrics)
         self.selector.record(loop.global_step, epoch, metrics)
-        self.store.save(loop.global_step, self.model, logits)
         chosen = self.selector.selected()
         selected_now = chosen is not None and chosen["step"] != loop.selected_step
+        if self.ctx.is_main:
+            self.logger.log("val", loop.global_step, epoch, metrics)
+            self.store.save(loop.global_step, self.model, logits)
+            if selected_now:
+                self._materialise_best(chosen["step"])
         if selected_now:
-            self._materialise_best(chosen["step"])
+            loop.selected_step = chosen["step"]
         loop.stop_training = self.early_stopping.update(metrics["loss"])
         loop.last_eval_step = loop.global_step
         log.info("step %d (epoch %.2f): val loss %.4f  nll %.4f  accuracy %.4f  macro_f1 %.4f%s%s",
@@ -326,22 +369,27 @@ class _RunLoop:
                  f"  [selected: step {chosen['step']}]" if selected_now else "",
                  "  [early stop]" if loop.stop_training else "")
 
-    def _val_logits(self, model: PreTrainedModel) -> np.ndarray:
-        return predict_logits(model, self.s.val_data, self.cfg.per_device_eval_batch_size, self.plan.precision,
-                              self.s.device, "eval", self.s.show_progress)
+    def _val_logits(self, model: PreTrainedModel, distributed: bool = False) -> np.ndarray:
+        """Validation logits; `distributed`: each process scores its share and all gather the whole."""
+        ctx = self.ctx if distributed else Distributed()
+        logits = predict_logits(model, self.s.val_data, self.cfg.per_device_eval_batch_size, self.plan.precision,
+                                self.s.device, "eval", self.s.show_progress, part=(ctx.rank, ctx.world_size))
+        parts = ctx.all_gather(logits)
+        for part in parts[1:]:  # each row was scored by exactly one process; the others hold NaN there
+            parts[0] = np.where(np.isnan(parts[0]), part, parts[0])
+        return parts[0]
 
     def _materialise_best(self, step: int) -> None:
         with atomic_directory(self.s.run.best) as folder:
             shutil.copytree(self.store.folder(step), folder, dirs_exist_ok=True)
             (folder / "val_logits.npy").unlink()
             self.s.tokenizer.save_pretrained(folder)
-        self.loop.selected_step = step
 
     def _end_of_epoch(self, epoch: int) -> None:
         loop = self.loop
         if loop.global_step not in loop.epoch_end_steps:
             loop.epoch_end_steps.append(loop.global_step)
-        if self.cfg.swa_start is not None and epoch >= self.swa_start_epoch:
+        if self.cfg.swa_start is not None and epoch >= self.swa_start_epoch and self.ctx.is_main:
             if self.running_average is None:
                 self.running_average = swa.new_running_average(self.model)
             self.running_average.update_parameters(self.model)
@@ -351,6 +399,9 @@ class _RunLoop:
     def _checkpoint(self) -> None:
         loop = self.loop
         self._fold_pending_loss()
+        rng_states = self.ctx.all_gather(rng_state())
+        if not self.ctx.is_main:
+            return
         loop.early_stopping, loop.selector = self.early_stopping.state_dict(), self.selector.state_dict()
         keep = self.selector.may_be_selected_later() | set(loop.epoch_end_steps[-self.cfg.swa_last_k:]
                                                           if self.cfg.swa_last_k else [])
@@ -360,12 +411,21 @@ class _RunLoop:
             if self.running_average is not None:
                 self.running_average.module.save_pretrained(folder / "swa_running")
             save_state({"loop": vars(loop).copy(), "optimizer": self.optimizer.state_dict(),
-                        "scaler": self.scaler.state_dict(), "rng": rng_state()}, folder / "training_state.pt")
+                        "scaler": self.scaler.state_dict(), "rng": rng_states}, folder / "training_state.pt")
 
     # --- the end of the run ---------------------------------------------------------------------
 
     def finish(self, overwrite: bool) -> RunFolder:
-        """Average if asked, choose the kept model, report, predict the test file, rename the folder."""
+        """Average if asked, choose the kept model, report, predict the test file, rename the folder.
+
+        Under torchrun only rank 0 does this; the others wait and return the same folder.
+        """
+        if not self.ctx.is_main:
+            return RunFolder(Path(self.ctx.broadcast(None)))
+        run = self._finish_main(overwrite)
+        return RunFolder(Path(self.ctx.broadcast(str(run.path))))
+
+    def _finish_main(self, overwrite: bool) -> RunFolder:
         s, cfg, plan, loop = self.s, self.cfg, self.plan, self.loop
         chosen = self.selector.selected()
         if chosen is None:
@@ -466,14 +526,15 @@ def _log_train(logger: MetricsLogger, loop: LoopState, plan: TrainingPlan, lr: f
     loop.loss_since_log, loop.windows_since_log = 0.0, 0
 
 
-def _make_plan(cfg: TrainConfig, splits: Splits, preprocessor: TextPreprocessor, max_length: int, device: torch.device, precision: str, from_scratch: bool) -> TrainingPlan:
+def _make_plan(cfg: TrainConfig, splits: Splits, preprocessor: TextPreprocessor, max_length: int,
+               device: torch.device, precision: str, world_size: int, from_scratch: bool) -> TrainingPlan:
     train_counts = class_distribution(splits.train.labels, splits.num_labels)
     alpha = cfg.focal_loss_alpha
     if alpha == "auto":
         alpha = auto_alpha(train_counts)
     elif alpha is not None and len(alpha) != splits.num_labels:
         raise UserError(f"--alpha: {len(alpha)} weights given, expected one per class ({splits.num_labels})")
-    micro, per_epoch, total, warmup = step_counts(cfg, len(splits.train))
+    micro, per_epoch, total, warmup = step_counts(cfg, len(splits.train), world_size)
     if cfg.lr_scheduler_type == "constant" and warmup:
         log.warning("--lr-scheduler-type constant ignores warmup (as in transformers); "
                     "use constant_with_warmup to warm up")
@@ -482,7 +543,7 @@ def _make_plan(cfg: TrainConfig, splits: Splits, preprocessor: TextPreprocessor,
         val_class_counts=class_distribution(splits.val.labels, splits.num_labels), max_length=max_length,
         learning_rate=default_learning_rate(cfg, from_scratch), focal_alpha=list(alpha) if alpha else None,
         special_tokens=preprocessor.special_tokens, device=str(device), precision=precision,
-        micro_batches_per_epoch=micro, steps_per_epoch=per_epoch, total_steps=total, warmup_steps=warmup)
+        world_size=world_size, micro_batches_per_epoch=micro, steps_per_epoch=per_epoch, total_steps=total, warmup_steps=warmup)
 
 
 def _model_limit(model: PreTrainedModel) -> int:

@@ -1,0 +1,93 @@
+"""Two CPU processes with gloo (as torchrun would start them) against one process with the same global batch."""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from lib.trainer import StopRequest, resume, train_new
+from tests.conftest import tiny_config
+
+
+class CrashAtStep(StopRequest):
+    """Simulates a process killed at `step` (no state saved there: resume starts from the last checkpoint)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def should_stop(self, global_step: int) -> bool:
+        if global_step >= self.step:
+            raise RuntimeError("killed")
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, cfg, resume_path, crash_step) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        if resume_path:
+            resume(resume_path)
+        else:
+            train_new(cfg, stop=CrashAtStep(crash_step) if crash_step else None)
+    except RuntimeError as error:
+        if str(error) != "killed":
+            raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _launch(cfg=None, resume_path=None, crash_step=None, world=2) -> None:
+    mp.spawn(_rank_main, args=(world, _free_port(), cfg, resume_path, crash_step), nprocs=world, join=True)
+
+
+def _weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+OVERRIDES = dict(num_train_epochs=2, dropout_rate=0.0, eval_steps=10, seed=3)
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(toy_data, tmp_path):
+    single = train_new(tiny_config(toy_data, tmp_path / "single", per_device_train_batch_size=32, **OVERRIDES))
+    _launch(tiny_config(toy_data, tmp_path / "ddp", per_device_train_batch_size=16, **OVERRIDES))
+    ddp = tmp_path / "ddp" / "toy"
+    assert json.loads((ddp / "plan.json").read_text())["world_size"] == 2
+    one, two = json.loads(single.result.read_text()), json.loads((ddp / "result.json").read_text())
+    assert one["global_step"] == two["global_step"] and one["best_step"] == two["best_step"]
+    assert two["best"]["loss"] == pytest.approx(one["best"]["loss"], rel=1e-4)
+    assert sum(map(sum, two["report"]["confusion_matrix"])) == 120  # every validation row, once
+    a, b = _weights(single.last), _weights(ddp / "last")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-4)
+    train_records = [json.loads(line) for line in (ddp / "metrics.jsonl").read_text().splitlines()]
+    single_records = [json.loads(line) for line in single.path.joinpath("metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in train_records] == pytest.approx([r["loss"] for r in single_records], rel=1e-3)
+    norms = [[r["grad_norm"] for r in records if "grad_norm" in r] for records in (train_records, single_records)]
+    assert norms[0] == pytest.approx(norms[1], rel=1e-3)  # catches a gradient scaled by the number of processes
+
+
+def test_a_killed_two_process_run_resumes_to_the_same_result(toy_data, tmp_path):
+    cfg = tiny_config(toy_data, tmp_path / "a", per_device_train_batch_size=16, **OVERRIDES)
+    _launch(cfg)
+    crashed = tiny_config(toy_data, tmp_path / "b", per_device_train_batch_size=16, **OVERRIDES)
+    _launch(crashed, crash_step=17)  # mid-epoch 2; the last checkpoint is the evaluation at step 10
+    folder = tmp_path / "b" / "toy.incomplete"
+    assert json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])["step"] >= 15
+    _launch(resume_path=folder)
+    a, b = _weights(tmp_path / "a" / "toy" / "last"), _weights(tmp_path / "b" / "toy" / "last")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
