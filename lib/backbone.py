@@ -66,16 +66,22 @@ def scratch_preset(model: str) -> ScratchPreset | None:
 
 def train_wordpiece(texts: Sequence[str], vocab_size: int, extra_special_tokens: Sequence[str],
                     model_max_length: int = 512) -> PreTrainedTokenizerFast:
-    """A cased WordPiece tokenizer (no accent stripping, which would split Hangul into jamo)."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
+    """A cased WordPiece tokenizer (no accent stripping, which would split Hangul into jamo).
+
+    The `tokenizers` trainer numbers tokens in hash-map order, so two trainings on the same texts
+    give the same tokens under different ids; the vocabulary is renumbered (special tokens first,
+    then sorted) so that ids depend only on the tokens. Ties in merge counts at the very end of a
+    large vocabulary can still differ between trainings; the cache reuses the first one.
+    """
     special = BASE_SPECIAL_TOKENS + [t for t in extra_special_tokens if t not in BASE_SPECIAL_TOKENS]
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=special,
                                         show_progress=False)
+    tokenizer = _wordpiece_pipeline(models.WordPiece(unk_token="[UNK]"))
     tokenizer.train_from_iterator(texts, trainer)
+    learned = sorted(set(tokenizer.get_vocab()) - set(special))
+    tokenizer = _wordpiece_pipeline(models.WordPiece(
+        vocab={token: i for i, token in enumerate(special + learned)}, unk_token="[UNK]"))
+    tokenizer.add_special_tokens(special)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -83,6 +89,15 @@ def train_wordpiece(texts: Sequence[str], vocab_size: int, extra_special_tokens:
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
         sep_token="[SEP]", mask_token="[MASK]", model_max_length=model_max_length)
+
+
+def _wordpiece_pipeline(model: models.WordPiece) -> Tokenizer:
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    return tokenizer
 
 
 def build_scratch_folder(preset: ScratchPreset, tokenizer: PreTrainedTokenizerBase, folder: Path, num_labels: int,

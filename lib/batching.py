@@ -86,8 +86,7 @@ def collate(data: EncodedTexts, rows: np.ndarray) -> dict[str, torch.Tensor]:
     pay a set-up cost per new shape, and tensor cores want multiples of 8 anyway.
     `rows` is returned too, to restore order after length-sorted evaluation.
     """
-    longest = max(len(data.input_ids[i]) for i in rows)
-    width = -(-longest // PAD_TO_MULTIPLE_OF) * PAD_TO_MULTIPLE_OF
+    width = padded_width(max(len(data.input_ids[i]) for i in rows))
     input_ids = np.full((len(rows), width), data.pad_token_id, dtype=np.int64)
     attention_mask = np.zeros((len(rows), width), dtype=np.int64)
     for out_row, i in enumerate(rows):
@@ -101,27 +100,47 @@ def collate(data: EncodedTexts, rows: np.ndarray) -> dict[str, torch.Tensor]:
     return batch
 
 
+def padded_width(length: int) -> int:
+    return -(-int(length) // PAD_TO_MULTIPLE_OF) * PAD_TO_MULTIPLE_OF
+
+
 def training_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
-                     group_by_length: bool) -> list[np.ndarray]:
+                     group_by_length: bool, max_tokens: int | None = None) -> list[np.ndarray]:
     """The batches of one epoch, deterministic in (seed, epoch).
 
     With grouping: shuffle, sort by length within megabatches, cut into batches, shuffle the batch
     order (so neighbouring batches are not all long or all short) and put the longest batch first,
-    so an out-of-memory error shows up at the first step rather than hours in.
+    so an out-of-memory error shows up at the first step rather than hours in. `max_tokens` also
+    closes a batch before its padded size (rows x padded width) would exceed the budget, so short
+    texts travel in larger batches.
     """
     generator = np.random.default_rng([seed, epoch])
     order = generator.permutation(len(lengths))
     if not group_by_length:
-        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return _cut(order, lengths, batch_size, max_tokens)
     mega = batch_size * MEGABATCH_BATCHES
     batches = []
     for start in range(0, len(order), mega):
         chunk = order[start:start + mega]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+        batches.extend(_cut(chunk[np.argsort(-lengths[chunk], kind="stable")], lengths, batch_size, max_tokens))
     batches = [batches[i] for i in generator.permutation(len(batches))]
     longest = max(range(len(batches)), key=lambda i: lengths[batches[i]].max())
     batches[0], batches[longest] = batches[longest], batches[0]
+    return batches
+
+
+def _cut(order: np.ndarray, lengths: np.ndarray, batch_size: int, max_tokens: int | None) -> list[np.ndarray]:
+    if max_tokens is None:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, start, width = [], 0, 0
+    for i, row in enumerate(order):
+        new_width = max(width, padded_width(lengths[row]))
+        if i > start and (i - start >= batch_size or (i - start + 1) * new_width > max_tokens):
+            batches.append(order[start:i])
+            start, new_width = i, padded_width(lengths[row])
+        width = new_width
+    if start < len(order):
+        batches.append(order[start:])
     return batches
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from lib.augment import parse_augment_spec
 from lib.errors import UserError
 from lib.preprocess import SPECIAL_PATTERNS
 
@@ -142,6 +143,9 @@ class TrainConfig:
         "training micro-batch size", "optimisation", aliases=("--batch-size",)))
     per_device_eval_batch_size: int = field(default=256, metadata=_option(
         "evaluation and prediction batch size", "optimisation"))
+    max_tokens_per_batch: int | None = field(default=None, metadata=_option(
+        "also cap each training micro-batch at this many padded tokens (rows x width), so short texts "
+        "travel in larger batches", "optimisation", parse=_optional_int))
     gradient_accumulation_steps: int = field(default=1, metadata=_option(
         "micro-batches per optimizer step (the last partial group is averaged over its real size)",
         "optimisation"))
@@ -172,6 +176,11 @@ class TrainConfig:
         aliases=("--alpha",), parse=_alpha))
     label_smoothing_factor: float = field(default=0.0, metadata=_option(
         "label smoothing epsilon, combined with focal loss when both are set", "loss"))
+
+    augment: str = field(default="none", metadata=_option(
+        "on-the-fly noise for training texts, per-unit probabilities, e.g. "
+        "spacing=0.1,repeat=0.05,jamo=0.05,delete=0.05,swap=0.05 (never applied to validation or test)",
+        "preprocessing"))
 
     # evaluation, selection, stopping
     eval_steps: int | None = field(default=None, metadata=_option(
@@ -215,6 +224,9 @@ class TrainConfig:
     ddp_backend: str = field(default="auto", metadata=_option(
         "process-group backend under torchrun: auto = nccl on CUDA, gloo on CPU", "run",
         choices=("auto", "gloo", "nccl")))
+    compile: bool = field(default=False, metadata=_option(
+        "torch.compile the model for training (dynamic shapes); measured slower on 2 CPU cores, see README",
+        "run", parse=_bool))
     group_by_length: bool = field(default=True, metadata=_option(
         "length-grouped training batches (dynamic padding is always on)", "run", parse=_bool))
     output_dir: str = field(default="runs", metadata=_option("folder that holds run folders", "run"))
@@ -299,6 +311,9 @@ class TrainConfig:
             raise UserError("--keep swa: needs --swa-last-k or --swa-start")
         if self.max_loss_increase is not None and not self.max_loss_increase >= 0:
             bad("max-loss-increase", "a fraction >= 0")
+        if self.max_tokens_per_batch is not None and self.max_tokens_per_batch < 8:
+            bad("max-tokens-per-batch", "a whole number >= 8")
+        parse_augment_spec(self.augment)
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             bad("device", "auto, cpu or cuda[:N]")
 

@@ -57,14 +57,17 @@ def default_learning_rate(cfg: TrainConfig, from_scratch: bool) -> float:
     return SCRATCH_LEARNING_RATE if from_scratch else PRETRAINED_LEARNING_RATE
 
 
-def step_counts(cfg: TrainConfig, train_rows: int, world_size: int = 1) -> tuple[int, int, int, int]:
+def step_counts(cfg: TrainConfig, train_rows: int, world_size: int = 1,
+                micro_batches: int | None = None) -> tuple[int, int, int, int]:
     """(micro-batches per epoch, optimizer steps per epoch, total steps, warmup steps), HF's rules.
 
     A micro-batch is global: `per_device_train_batch_size` rows on each of `world_size` processes.
     A partial last accumulation window still makes an optimizer step, so steps per epoch round up;
-    total steps are ceil(epochs * steps per epoch); a warmup ratio rounds up too.
+    total steps are ceil(epochs * steps per epoch); a warmup ratio rounds up too. With a token
+    budget the caller counts the first epoch's micro-batches (`micro_batches`).
     """
-    micro_batches = math.ceil(train_rows / (cfg.per_device_train_batch_size * world_size))
+    if micro_batches is None:
+        micro_batches = math.ceil(train_rows / (cfg.per_device_train_batch_size * world_size))
     steps_per_epoch = max(1, math.ceil(micro_batches / cfg.gradient_accumulation_steps))
     total = math.ceil(cfg.num_train_epochs * steps_per_epoch)
     warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(total * cfg.warmup_ratio)

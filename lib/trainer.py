@@ -25,8 +25,9 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lib import amp, swa
 from lib.backbone import load_classifier, prepare_backbone, scratch_preset
-from lib.batching import (EncodedTexts, collate, load_ids, padding_efficiency, save_ids, tokenize, trailing_special_tokens,
-                          training_batches, truncate)
+from lib.augment import augment_rows, parse_augment_spec
+from lib.batching import (EncodedTexts, collate, encode, load_ids, padded_width, padding_efficiency, save_ids, tokenize,
+                          trailing_special_tokens, training_batches, truncate)
 from lib.cache import DiskCache, texts_digest, tokenizer_digest
 from lib.checkpoint import (CheckpointStore, atomic_directory, existing_directory, load_state, rng_state, save_state,
                             set_rng_state)
@@ -114,6 +115,7 @@ class Session:
     run: RunFolder
     plan: TrainingPlan
     splits: Splits
+    preprocessor: TextPreprocessor
     tokenizer: PreTrainedTokenizerBase
     model: PreTrainedModel
     train_data: EncodedTexts
@@ -151,7 +153,8 @@ def train_new(cfg: TrainConfig, *, overwrite: bool = False, show_progress: bool 
     max_length = _resolve_max_length(cfg, train_ids, limit)
     train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, max_length)
     plan = _make_plan(cfg, splits, preprocessor, max_length, device, precision, ctx.world_size,
-                      from_scratch=scratch_preset(cfg.model) is not None)
+                      from_scratch=scratch_preset(cfg.model) is not None,
+                      micro_batches=_budget_micro_batches(cfg, train_data, ctx.world_size))
     if cfg.swa_start is not None:
         swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs))  # refuse a bad value before any folder
 
@@ -164,8 +167,8 @@ def train_new(cfg: TrainConfig, *, overwrite: bool = False, show_progress: bool 
             preprocessor.save(run.preprocessor)
             tokenizer.save_pretrained(run.tokenizer)
         run = RunFolder(Path(ctx.broadcast(str(run.path) if run else None)))
-        session = Session(cfg, run, plan, splits, tokenizer, model.to(device), train_data, val_data, device,
-                          show_progress and ctx.is_main, ctx)
+        session = Session(cfg, run, plan, splits, preprocessor, tokenizer, model.to(device), train_data, val_data,
+                          device, show_progress and ctx.is_main, ctx)
         return _fit(session, LoopState(), optimizer_state=None, scaler_state=None, overwrite=overwrite,
                     stop=stop or StopRequest())
     except BaseException:
@@ -202,8 +205,8 @@ def resume(path: Path, *, show_progress: bool = False, stop: StopRequest | None 
     loop = LoopState(**state["loop"])
     set_rng_state(state["rng"][ctx.rank])
     log.info("resuming %s at epoch %d, step %d", run.path, loop.epoch, loop.global_step)
-    session = Session(cfg, run, plan, splits, tokenizer, model.to(device), train_data, val_data, device,
-                      show_progress and ctx.is_main, ctx)
+    session = Session(cfg, run, plan, splits, preprocessor, tokenizer, model.to(device), train_data, val_data,
+                      device, show_progress and ctx.is_main, ctx)
     return _fit(session, loop, state["optimizer"], state["scaler"], overwrite=False, stop=stop or StopRequest())
 
 
@@ -226,6 +229,9 @@ class _RunLoop:
         # forward/backward go through the DDP wrapper; evaluation and saving use the plain model
         self.trained_model = (DistributedDataParallel(s.model, device_ids=[s.device.index] if s.device.type == "cuda"
                                                       else None) if s.ctx.enabled else s.model)
+        if cfg.compile:
+            self.trained_model = torch.compile(self.trained_model, dynamic=True)
+        self.augment = parse_augment_spec(cfg.augment)
         self.optimizer = build_adamw(self.model, plan.learning_rate, cfg.weight_decay,
                                      (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon,
                                      fused=s.device.type in ("cpu", "cuda"))
@@ -250,8 +256,7 @@ class _RunLoop:
                 self.running_average = swa.restore_running_average(module, loop.swa_n_averaged)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         lengths = s.train_data.lengths
-        self.padding_efficiency = padding_efficiency(
-            lengths, training_batches(lengths, cfg.per_device_train_batch_size, cfg.seed, 0, cfg.group_by_length))
+        self.padding_efficiency = padding_efficiency(lengths, _epoch_batches(cfg, s.train_data, 0, 1))
         self.logger = MetricsLogger(s.run.path, resume_step=loop.global_step or None) if s.ctx.is_main else None
         self.log_file = _attach_log_file(s.run.path / "train.log") if s.ctx.is_main else None
         self.pending_loss = torch.zeros((), device=s.device)  # summed on the device; read when logging
@@ -272,9 +277,9 @@ class _RunLoop:
                  plan.num_labels, plan.max_length, plan.total_steps, plan.steps_per_epoch, plan.warmup_steps,
                  plan.learning_rate, plan.precision, s.device, 100 * self.padding_efficiency)
         self.model.train()
-        while loop.global_step < plan.total_steps and not loop.stop_training:
-            batches = training_batches(s.train_data.lengths, cfg.per_device_train_batch_size * self.ctx.world_size,
-                                       cfg.seed, loop.epoch, cfg.group_by_length)
+        epochs = math.ceil(cfg.num_train_epochs)
+        while loop.global_step < plan.total_steps and loop.epoch < epochs and not loop.stop_training:
+            batches = _epoch_batches(cfg, s.train_data, loop.epoch, self.ctx.world_size)
             windows = [batches[i:i + cfg.gradient_accumulation_steps]
                        for i in range(0, len(batches), cfg.gradient_accumulation_steps)]
             for window in windows[loop.windows_done:]:
@@ -291,7 +296,7 @@ class _RunLoop:
                 loop.epoch, loop.windows_done = loop.epoch + 1, 0
             if loop.last_eval_step != loop.global_step:
                 self._evaluate()
-            finished = loop.stop_training or loop.global_step >= plan.total_steps
+            finished = loop.stop_training or loop.global_step >= plan.total_steps or loop.epoch >= epochs
             if loop.windows_done == 0 or finished:  # an epoch end; the end of training counts as one
                 self._end_of_epoch(loop.epoch - 1 if loop.windows_done == 0 else loop.epoch)
             self._checkpoint()
@@ -322,9 +327,19 @@ class _RunLoop:
 
     def _local_batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         mine = shard(rows, self.ctx)
-        if len(mine):
-            return collate(self.s.train_data, mine)
-        return {**collate(self.s.train_data, rows[:1]), "weight": 0.0}  # DDP needs a forward on every rank
+        if not len(mine):  # DDP needs a forward on every rank: a placeholder row that weighs nothing
+            return {**self._collate_train(rows[:1]), "weight": 0.0}
+        return self._collate_train(mine)
+
+    def _collate_train(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """Training rows as tensors; with --augment, re-tokenised from freshly noised raw texts."""
+        s = self.s
+        if not self.augment.enabled:
+            return collate(s.train_data, rows)
+        noisy = augment_rows(s.splits.train.texts, rows, self.augment, self.cfg.seed, self.loop.epoch)
+        encoded = encode(s.tokenizer, s.preprocessor.transform(noisy), self.plan.max_length,
+                         s.splits.train.labels[rows])
+        return collate(encoded, np.arange(len(rows)))
 
     def _lr_multiplier(self) -> float:
         """The schedule's multiplier, replaced by SWALR's annealing once averaging has started."""
@@ -459,7 +474,7 @@ class _RunLoop:
         if cfg.test_file:
             model = swa_model if kept == "swa" else load_classifier(
                 s.run.best, plan.num_labels, plan.label_names, None)
-            ids, test_logits = predict_table(cfg, plan, TextPreprocessor.load(s.run.preprocessor), s.tokenizer,
+            ids, test_logits = predict_table(cfg, plan, s.preprocessor, s.tokenizer,
                                              model.to(s.device), cfg.test_file, s.device, s.show_progress)
             write_predictions(s.run.submission, ids, test_logits, cfg.id_column)
             result["test_predicted_counts"] = class_distribution(test_logits.argmax(axis=1), plan.num_labels)
@@ -526,15 +541,34 @@ def _log_train(logger: MetricsLogger, loop: LoopState, plan: TrainingPlan, lr: f
     loop.loss_since_log, loop.windows_since_log = 0.0, 0
 
 
+def _budget_micro_batches(cfg: TrainConfig, train_data: EncodedTexts, world_size: int) -> int | None:
+    """With --max-tokens-per-batch, the first epoch's number of micro-batches (None without a budget)."""
+    if cfg.max_tokens_per_batch is None:
+        return None
+    widest = padded_width(train_data.lengths.max())
+    if cfg.max_tokens_per_batch < widest:
+        raise UserError(f"--max-tokens-per-batch {cfg.max_tokens_per_batch}: the longest training text takes "
+                        f"{widest} padded tokens; give at least {widest} or a smaller --max-length")
+    return len(_epoch_batches(cfg, train_data, 0, world_size))
+
+
+def _epoch_batches(cfg: TrainConfig, train_data: EncodedTexts, epoch: int, world_size: int) -> list[np.ndarray]:
+    """Global micro-batches of one epoch: each process trains on its share of every one."""
+    budget = cfg.max_tokens_per_batch * world_size if cfg.max_tokens_per_batch else None
+    return training_batches(train_data.lengths, cfg.per_device_train_batch_size * world_size, cfg.seed, epoch,
+                            cfg.group_by_length, budget)
+
+
 def _make_plan(cfg: TrainConfig, splits: Splits, preprocessor: TextPreprocessor, max_length: int,
-               device: torch.device, precision: str, world_size: int, from_scratch: bool) -> TrainingPlan:
+               device: torch.device, precision: str, world_size: int, from_scratch: bool,
+               micro_batches: int | None) -> TrainingPlan:
     train_counts = class_distribution(splits.train.labels, splits.num_labels)
     alpha = cfg.focal_loss_alpha
     if alpha == "auto":
         alpha = auto_alpha(train_counts)
     elif alpha is not None and len(alpha) != splits.num_labels:
         raise UserError(f"--alpha: {len(alpha)} weights given, expected one per class ({splits.num_labels})")
-    micro, per_epoch, total, warmup = step_counts(cfg, len(splits.train), world_size)
+    micro, per_epoch, total, warmup = step_counts(cfg, len(splits.train), world_size, micro_batches)
     if cfg.lr_scheduler_type == "constant" and warmup:
         log.warning("--lr-scheduler-type constant ignores warmup (as in transformers); "
                     "use constant_with_warmup to warm up")

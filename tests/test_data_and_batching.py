@@ -97,3 +97,14 @@ def test_weight_decay_groups_match_the_hf_trainer():
     assert decayed == hf_decay
     assert "bert.embeddings.word_embeddings.weight" in decayed
     assert optimizer.param_groups[1]["weight_decay"] == 0.0
+
+
+def test_token_budget_caps_padded_tokens_and_lets_short_texts_fill_larger_batches():
+    from lib.batching import padded_width
+
+    lengths = _lengths()
+    batches = training_batches(lengths, 64, seed=2, epoch=0, group_by_length=True, max_tokens=512)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert all(len(b) <= 64 and (len(b) == 1 or len(b) * padded_width(lengths[b].max()) <= 512) for b in batches)
+    sizes = {padded_width(lengths[b].max()): len(b) for b in batches}
+    assert sizes[min(sizes)] > sizes[max(sizes)]

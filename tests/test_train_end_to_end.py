@@ -125,3 +125,30 @@ def test_early_stopping_ends_the_run_and_keeps_the_best(toy_data, tmp_path):
     result = json.loads(run.result.read_text())
     assert result["stopped_early"] and result["epochs_completed"] < 30
     assert result["best_step"] <= result["global_step"]
+
+
+def test_augmentation_touches_only_training_rows_and_resumes_identically(toy_data, tmp_path, monkeypatch):
+    import lib.trainer
+
+    seen = []
+    original = lib.trainer.augment_rows
+
+    def recording(texts, rows, spec, seed, epoch):
+        seen.append((epoch, list(rows)))
+        return original(texts, rows, spec, seed, epoch)
+
+    monkeypatch.setattr(lib.trainer, "augment_rows", recording)
+    overrides = dict(num_train_epochs=2, augment="spacing=0.1,jamo=0.05,delete=0.05", max_tokens_per_batch=256)
+    run = train_new(tiny_config(toy_data, tmp_path / "a", **overrides))
+    train_rows = sum(json.loads(run.plan.read_text())["train_class_counts"])
+    for epoch in (0, 1):  # every training row noised once per epoch, nothing else
+        rows = sorted(r for e, batch in seen if e == epoch for r in batch)
+        assert rows == list(range(train_rows))
+
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        train_new(tiny_config(toy_data, tmp_path / "b", **overrides), stop=StopAtStep(9))
+    torch.manual_seed(0)
+    resumed = resume(interrupted.value.run_path)
+    a, b = _weights(run, "last"), _weights(resumed, "last")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
