@@ -28,9 +28,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ensemble.py", description=__doc__.splitlines()[0], allow_abbrev=False)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{train,vote}")
     train = commands.add_parser(
-        "train", allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "train", allow_abbrev=False,
         help="train one run per model (and per fold) with shared options",
         description="Train one run per model with shared options; any train.py flag (--config, --epochs, "
                     "--output-dir, --overwrite, --quiet, ...) applies to every member.")
@@ -42,14 +42,15 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", default=None, help="prefix of the member folders (default: ens-<date>-<time>)")
 
     combine = commands.add_parser(
-        "vote", allow_abbrev=False, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "vote", allow_abbrev=False,
         help="soft-vote or stack finished runs, compare them on validation, predict a test file",
         description="Soft-vote or stack finished runs (or cross-validation folders from train --folds).")
     combine.add_argument("runs", nargs="+", type=Path, help="finished run folders validated on the same rows")
     combine.add_argument("--test", type=Path, default=None, help="CSV to predict (without it: validation only)")
-    combine.add_argument("--out", type=Path, default=Path("submission.csv"), help="where to write ID,pred")
+    combine.add_argument("--out", type=Path, default=Path("submission.csv"),
+                         help="where to write ID,pred (default: submission.csv)")
     combine.add_argument("--average", choices=AVERAGE_MODES, default="logits",
-                         help="pool members' logits (geometric mean of probabilities) or probabilities")
+                         help="pool members' logits (default; a geometric mean of probabilities) or probabilities")
     combine.add_argument("--weights", default=None,
                          help="comma-separated member weights (1,1,2), or 'fit' on validation NLL; default: equal")
     combine.add_argument("--stack", action="store_true",
@@ -62,9 +63,9 @@ def _build_parser() -> argparse.ArgumentParser:
                               "train: make the mean test posterior match the training prior")
     combine.add_argument("--save", type=Path, default=None, help="write an ensemble folder predict.py can use")
     combine.add_argument("--overwrite", action="store_true", help="replace the --save folder if it exists")
-    combine.add_argument("--pred-column", default="pred", help="name of the prediction column")
+    combine.add_argument("--pred-column", default="pred", help="name of the prediction column (default: pred)")
     combine.add_argument("--batch-size", type=int, default=None, help="default: each run's eval batch size")
-    combine.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    combine.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
     combine.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -85,11 +86,11 @@ def main(argv: list[str]) -> int:
         return 0
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    result = vote(args.runs, test=args.test, out=args.out, average=args.average, weights=args.weights,
+    report = vote(args.runs, test=args.test, out=args.out, average=args.average, weights=args.weights,
                   stack=args.stack, calibrate=args.calibrate, prior_correction=args.prior_correction,
                   save=args.save, overwrite=args.overwrite, pred_column=args.pred_column, device=args.device,
                   show_progress=progress_enabled(args.quiet), batch_size=args.batch_size)
-    print(result.report)
+    print(report)
     return 0
 
 

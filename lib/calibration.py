@@ -58,10 +58,12 @@ class TemperatureFit:
     nll_after: float
     ece_before: float
     ece_after: float
+    separable: bool  # every row right: NLL falls as T -> 0, so no finite T is fitted
 
     def report(self) -> str:
+        why = " (every validation row is right, so NLL has no finite minimum; T kept)" if self.separable else ""
         return "\n".join([
-            f"temperature scaling on {self.rows} validation rows: T = {self.temperature:.4f}",
+            f"temperature scaling on {self.rows} validation rows: T = {self.temperature:.4f}{why}",
             f"{'':>8}{'nll':>9}{'ece':>9}",
             f"{'before':>8}{self.nll_before:>9.4f}{self.ece_before:>9.4f}",
             f"{'after':>8}{self.nll_after:>9.4f}{self.ece_after:>9.4f}",
@@ -72,16 +74,21 @@ def fit_temperature(scores: np.ndarray, labels: np.ndarray) -> TemperatureFit:
     """The T minimising validation NLL of softmax(scores / T).
 
     NLL is convex in 1/T, hence unimodal in log T, so a bounded scalar search finds the minimum;
-    T = 1 is kept when the search does not beat it, so validation NLL never goes up.
+    T = 1 is kept when the search does not beat it, so validation NLL never goes up. When every
+    row is already right the minimum is at T -> 0, which would make every test prediction certain:
+    T = 1 is kept then too.
     """
     scores = np.asarray(scores, dtype=np.float64)
-    search = minimize_scalar(lambda log_t: nll(scores / np.exp(log_t), labels), bounds=(np.log(0.02), np.log(50.0)),
-                             method="bounded", options={"xatol": 1e-5})
     before = nll(scores, labels)
-    temperature = float(np.exp(search.x)) if search.fun < before else 1.0
+    separable = bool((scores.argmax(axis=1) == labels).all())
+    temperature = 1.0
+    if not separable:
+        search = minimize_scalar(lambda log_t: nll(scores / np.exp(log_t), labels),
+                                 bounds=(np.log(0.02), np.log(50.0)), method="bounded", options={"xatol": 1e-5})
+        temperature = float(np.exp(search.x)) if search.fun < before else 1.0
     return TemperatureFit(temperature, len(labels), before, nll(scores / temperature, labels),
                           expected_calibration_error(scores, labels),
-                          expected_calibration_error(scores / temperature, labels))
+                          expected_calibration_error(scores / temperature, labels), separable)
 
 
 def shift_prior(scores: np.ndarray, source_prior: np.ndarray, target_prior: np.ndarray) -> np.ndarray:

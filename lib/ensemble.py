@@ -76,20 +76,13 @@ class EnsembleSpec:
                    Stacker.from_dict(stacking) if stacking else None, data["temperature"], data["prior_correction"])
 
 
-@dataclass(frozen=True)
-class VoteResult:
-    """What `vote` printed, and where it wrote."""
-
-    report: str
-    spec: EnsembleSpec
-    submission: Path | None
-    saved: Path | None
-
-
 def vote(paths: list[Path], *, test: Path | None, out: Path, average: str, weights: str | None, stack: bool,
          calibrate: str | None, prior_correction: str | None, save: Path | None, overwrite: bool,
-         pred_column: str, device: str, show_progress: bool, batch_size: int | None) -> VoteResult:
-    """Compare members and ensemble on validation; predict `test`; save the ensemble if asked."""
+         pred_column: str, device: str, show_progress: bool, batch_size: int | None) -> str:
+    """Compare members and ensemble on validation; predict `test`; save the ensemble if asked.
+
+    Returns the report: the side-by-side table, calibration and the predicted test distribution.
+    """
     if prior_correction and test is None:
         raise UserError("--prior-correction: needs --test (it adapts to the rows it predicts)")
     if prior_correction == "em" and not calibrate:
@@ -101,12 +94,7 @@ def vote(paths: list[Path], *, test: Path | None, out: Path, average: str, weigh
     if test is not None:
         check_test_columns(test, members)
 
-    if weights == "fit":
-        member_weights, weights_from = fit_weights(val.scores, val.labels, average), "fit"
-    elif weights is not None:
-        member_weights, weights_from = parse_weights(weights, len(members)), "given"
-    else:
-        member_weights, weights_from = equal_weights(len(members)), "equal"
+    member_weights, weights_from = _member_weights(weights, val, average)
     table = ScoreTable(val.labels, len(members[0].label_names))
     for member, scores in zip(members, val.scores):
         table.add_member(f"{member.path} ({member.model})", scores)
@@ -115,7 +103,7 @@ def vote(paths: list[Path], *, test: Path | None, out: Path, average: str, weigh
     if weights_from == "fit":
         table.add("  same, weights cross-fitted", _cross_fitted_vote(val, average))
     stacker, chosen, predictor = None, voted, f"the vote ({average}, {weights_from} weights)"
-    if stack:
+    if stack:  # scored out of fold; the refit on all rows predicts, and its temperature comes from the former
         chosen = cross_fitted(lambda fit_rows, rows: fit_stacker(val.scores[:, fit_rows], val.labels[fit_rows])
                               .scores(val.scores[:, rows]), val.labels, val.scores.shape[2], "--stack")
         table.add("stacking (cross-validated)", chosen)
@@ -135,16 +123,23 @@ def vote(paths: list[Path], *, test: Path | None, out: Path, average: str, weigh
                         weights_from, stacker, temperature, prior_correction)
     final_val = chosen / temperature if temperature else chosen
 
-    submission = None
     if test is not None:
         ids, scores, distribution = _predict(spec, members, test, device, show_progress, batch_size)
         write_predictions(out, ids, scores, members[0].id_column, pred_column)
         sections += [distribution, f"wrote {len(ids)} predictions to {out}"]
-        submission = out
     if save is not None:
         _save(save, spec, members, val, final_val)
         sections.append(f"ensemble folder: {save} (python predict.py {save} --test FILE --out FILE)")
-    return VoteResult("\n\n".join(sections), spec, submission, save)
+    return "\n\n".join(sections)
+
+
+def _member_weights(weights: str | None, val: AlignedValidation, average: str) -> tuple[np.ndarray, str]:
+    """(weights summing to one, where they came from: equal, given or fit) for `--weights`."""
+    if weights == "fit":
+        return fit_weights(val.scores, val.labels, average), "fit"
+    if weights is not None:
+        return parse_weights(weights, len(val.scores)), "given"
+    return equal_weights(len(val.scores)), "equal"
 
 
 def _cross_fitted_vote(val: AlignedValidation, average: str) -> np.ndarray:
@@ -171,9 +166,23 @@ def _predict(spec: EnsembleSpec, members: list[Member], test: Path, device: str,
         prior = "  ".join(f"{p:.3f}" for p in corrected.test_prior)
         notes.append(f"test prior assumed by --prior-correction {spec.prior_correction}: {prior}"
                      + (f" (EM, {corrected.iterations} iterations)" if corrected.iterations else ""))
+        if spec.prior_correction == "em":
+            notes += _em_drift_note(corrected.test_prior, np.asarray(spec.train_class_counts), spec.label_names)
     columns["training"] = list(spec.train_class_counts)
     table = format_distribution("class", columns, spec.label_names)
     return ids, scores, "\n".join([f"predicted test distribution ({len(ids)} rows)", table, *notes])
+
+
+def _em_drift_note(estimated: np.ndarray, train_counts: np.ndarray, label_names: tuple[str, ...]) -> list[str]:
+    """A warning when EM moved a class prior more than threefold from training: EM trusts the posteriors
+    completely, and weak or miscalibrated ones pull it to extremes (a class can vanish)."""
+    train = train_counts / train_counts.sum()
+    moved = [f"{name} {100 * t:.1f}% -> {100 * e:.1f}%" for name, t, e in zip(label_names, train, estimated)
+             if e < t / 3 or e > 3 * t]
+    if not moved:
+        return []
+    return [f"warning: EM moved {', '.join(moved)} from the training prior; trust it only with calibrated, "
+            "informative members (else try --prior-correction train)"]
 
 
 def _counts(scores: np.ndarray, num_labels: int) -> list[int]:
@@ -268,7 +277,7 @@ def predict_with_ensemble(path: Path, test: Path, device: str, show_progress: bo
         if record.get("format") != FORMAT_VERSION:
             raise ValueError(record.get("format"))
         spec = EnsembleSpec.from_dict(record)
-        stored = [(path / m["path"], m["val_fingerprint"]) for m in record["members"]]
+        stored = [(Path(os.path.normpath(path / m["path"])), m["val_fingerprint"]) for m in record["members"]]
         id_column = record["id_column"]
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{path / ENSEMBLE_FILE}: not an ensemble written by this version of ensemble.py") from None

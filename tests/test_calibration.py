@@ -42,6 +42,13 @@ def test_temperature_scaling_never_raises_nll_on_arbitrary_scores(seed):
     assert nll(logits / fit.temperature, labels) <= nll(logits, labels)
 
 
+def test_no_temperature_is_fitted_when_every_validation_row_is_right():
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.5]])
+    fit = fit_temperature(logits, np.array([0, 1, 0]))
+    assert fit.temperature == 1.0 and fit.separable and "no finite minimum" in fit.report()
+    assert not fit_temperature(logits, np.array([0, 1, 1])).separable
+
+
 def _scores_with_confidence(confidences, correct):
     """Two-class log-scores predicting class 0 with the given confidence; labels right where `correct`."""
     p = np.asarray(confidences, dtype=float)

@@ -16,9 +16,9 @@ from lib.cli import run_cli
 from lib.trainer import train_new
 from tests.conftest import tiny_config, write_reviews
 
-# tests.conftest.tiny_config as flags, with a shorter, faster schedule that still learns the toy task
+# tests.conftest.tiny_config as flags, with a shorter schedule that still learns the toy task
 TINY = ["--scratch-vocab-size", "200", "--val-size", "0.25", "--epochs", "3", "--batch-size", "8",
-        "--lr", "5e-3", "--warmup-ratio", "0.1", "--logging-steps", "5", "--seed", "7", "--quiet"]
+        "--lr", "2e-3", "--warmup-ratio", "0.1", "--logging-steps", "5", "--seed", "7", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -38,15 +38,14 @@ def _run(main, argv, capsys):
 @pytest.fixture(scope="module")
 def trained(data):
     """A member trained by `ensemble.py train`, which skips an uncached hub id, and a second tiny run
-    with another learning rate on the same split (a second scratch preset would double the test time)."""
+    with another batch size on the same split (a second scratch preset would double the test time)."""
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
         patch.setenv("HF_HUB_OFFLINE", "1")
         code = run_cli(ensemble.main, ["train", "--models", "scratch:tiny", "no-such-org/no-such-model",
                                        "--name", "e2e", "--train-file", str(data["train"]),
                                        "--output-dir", str(data["runs"]), "--cache-dir", str(data["cache"]), *TINY])
     assert code == 0
-    other = train_new(tiny_config(data, data["runs"], run_name="other", num_train_epochs=3,
-                                  per_device_train_batch_size=8, learning_rate=2e-3))
+    other = train_new(tiny_config(data, data["runs"], run_name="other"))
     return [data["runs"] / "e2e-scratch-tiny", other.path], out.getvalue()
 
 
