@@ -52,13 +52,18 @@ log = logging.getLogger(__name__)
 
 
 class StopRequest:
-    """Asks the loop to checkpoint and stop after the current optimizer step (Ctrl-C sets it)."""
+    """Asks the loop to stop: after the current optimizer step with a checkpoint (Ctrl-C sets it),
+    or for good after an evaluation (a sweep's pruner overrides `prune_after`)."""
 
     def __init__(self) -> None:
         self.requested = False
 
     def should_stop(self, global_step: int) -> bool:
         return self.requested
+
+    def prune_after(self, step: int, epoch: float, metrics: dict[str, float]) -> bool:
+        """Called after every evaluation; True ends training there and finishes the run as pruned."""
+        return False
 
     @contextmanager
     def on_sigint(self) -> Iterator[None]:
@@ -95,6 +100,7 @@ class LoopState:
     samples_seen: int = 0
     train_seconds: float = 0.0
     stop_training: bool = False
+    pruned: bool = False
     loss_since_log: float = 0.0
     windows_since_log: int = 0
     last_eval_step: int = -1
@@ -212,9 +218,9 @@ def resume(path: Path, *, show_progress: bool = False, stop: StopRequest | None 
 
 def _fit(s: Session, loop: LoopState, optimizer_state: dict | None, scaler_state: dict | None,
          overwrite: bool, stop: StopRequest) -> RunFolder:
-    runner = _RunLoop(s, loop, optimizer_state, scaler_state)
+    runner = _RunLoop(s, loop, optimizer_state, scaler_state, stop)
     try:
-        runner.train(stop)
+        runner.train()
         return runner.finish(overwrite)
     finally:
         runner.close()
@@ -223,8 +229,10 @@ def _fit(s: Session, loop: LoopState, optimizer_state: dict | None, scaler_state
 class _RunLoop:
     """The training machinery of one run: optimizer, scaler, trackers, logger, checkpoint store."""
 
-    def __init__(self, s: Session, loop: LoopState, optimizer_state: dict | None, scaler_state: dict | None):
+    def __init__(self, s: Session, loop: LoopState, optimizer_state: dict | None, scaler_state: dict | None,
+                 stop: StopRequest):
         cfg, plan = s.cfg, s.plan
+        self.stop = stop
         self.s, self.cfg, self.plan, self.model, self.loop, self.ctx = s, cfg, plan, s.model, loop, s.ctx
         # forward/backward go through the DDP wrapper; evaluation and saving use the plain model
         self.trained_model = (DistributedDataParallel(s.model, device_ids=[s.device.index] if s.device.type == "cuda"
@@ -270,7 +278,7 @@ class _RunLoop:
 
     # --- training -------------------------------------------------------------------------------
 
-    def train(self, stop: StopRequest) -> None:
+    def train(self) -> None:
         s, cfg, plan, loop = self.s, self.cfg, self.plan, self.loop
         log.info("%s: %d train / %d val rows, %d classes, max length %d, %d steps (%d per epoch, %d warmup), "
                  "lr %g, %s on %s, padding efficiency %.1f%%", s.run.path, len(s.train_data), len(s.val_data),
@@ -289,7 +297,7 @@ class _RunLoop:
                     self._checkpoint()
                 if loop.stop_training or loop.global_step >= plan.total_steps:
                     break
-                if self.ctx.any(stop.should_stop(loop.global_step)):
+                if self.ctx.any(self.stop.should_stop(loop.global_step)):
                     self._checkpoint()
                     raise TrainingInterrupted(s.run.path)
             else:
@@ -378,11 +386,13 @@ class _RunLoop:
         if selected_now:
             loop.selected_step = chosen["step"]
         loop.stop_training = self.early_stopping.update(metrics["loss"])
+        if self.ctx.any(self.ctx.is_main and self.stop.prune_after(loop.global_step, epoch, metrics)):
+            loop.stop_training = loop.pruned = True
         loop.last_eval_step = loop.global_step
         log.info("step %d (epoch %.2f): val loss %.4f  nll %.4f  accuracy %.4f  macro_f1 %.4f%s%s",
                  loop.global_step, epoch, metrics["loss"], metrics["nll"], metrics["accuracy"], metrics["macro_f1"],
                  f"  [selected: step {chosen['step']}]" if selected_now else "",
-                 "  [early stop]" if loop.stop_training else "")
+                 "  [pruned]" if loop.pruned else "  [early stop]" if loop.stop_training else "")
 
     def _val_logits(self, model: PreTrainedModel, distributed: bool = False) -> np.ndarray:
         """Validation logits; `distributed`: each process scores its share and all gather the whole."""
@@ -464,6 +474,7 @@ class _RunLoop:
             "models": models,
             "report": report,
             "stopped_early": loop.stop_training and loop.global_step < plan.total_steps,
+            "pruned": loop.pruned,
             "global_step": loop.global_step,
             "epochs_completed": round(loop.global_step / plan.steps_per_epoch, 4),
             "train_seconds": round(loop.train_seconds, 2),

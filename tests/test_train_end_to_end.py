@@ -152,3 +152,14 @@ def test_augmentation_touches_only_training_rows_and_resumes_identically(toy_dat
     a, b = _weights(run, "last"), _weights(resumed, "last")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
+
+
+def test_a_pruned_run_stops_after_that_evaluation_and_is_kept_as_pruned(toy_data, tmp_path):
+    class PruneAtSecondEpoch(StopRequest):
+        def prune_after(self, step, epoch, metrics):
+            return epoch >= 2
+
+    run = train_new(tiny_config(toy_data, tmp_path, num_train_epochs=5), stop=PruneAtSecondEpoch())
+    result = json.loads(run.result.read_text())
+    assert result["pruned"] and result["epochs_completed"] == 2
+    assert not run.path.name.endswith(".incomplete")
