@@ -20,7 +20,7 @@ from lib.search import (
     parse_sweep_config,
 )
 from lib.search import truncnorm
-from lib.search.samplers import sample_parameter, trial_rng
+from lib.search.samplers import quantile_value, sample_parameter, startup_design
 
 SEED = Path(__file__).resolve().parent.parent / "experiments" / "sweep_seed.json"
 
@@ -135,15 +135,30 @@ def quadratic_run(sampler, objective, n_trials):
     return trials
 
 
-def test_tpe_is_random_search_until_the_startup_trials_finish():
+def test_tpe_starts_from_a_latin_hypercube_until_the_startup_trials_finish():
     sp = load_sweep_config(SEED)
-    tpe, rnd = TPESampler(sp, 3, n_startup_trials=5), RandomSampler(sp, 3)
+    tpe = TPESampler(sp, 3, n_startup_trials=5)
     trials = quadratic_run(tpe, lambda p: p["weight_decay"], 5)
-    assert [t.params for t in trials] == [rnd.suggest(n) for n in range(5)]
-    # Running trials do not count toward the startup; finished ones switch the model on.
+    assert [t.params for t in trials] == startup_design(sp, 3, 5)
+    # Every scheduler is tried, and each continuous parameter has one value in each fifth of its range.
+    assert {t.params["lr_scheduler_type"] for t in trials} == {"linear", "cosine", "constant"}
+    fifths = sorted(int(t.params["weight_decay"] / 0.1 * 5) for t in trials)
+    assert fifths == [0, 1, 2, 3, 4]
+    # Running trials do not count toward the startup; past the design, startup draws are random.
     running = [Trial(t.number, t.params, TrialState.RUNNING) for t in trials]
-    assert tpe.suggest(5, running) == rnd.suggest(5)
-    assert tpe.suggest(5, trials) != rnd.suggest(5)
+    assert tpe.suggest(5, running) == RandomSampler(sp, 3).suggest(5)
+    assert tpe.suggest(5, trials) != RandomSampler(sp, 3).suggest(5)
+
+
+def test_quantile_value_is_the_inverse_cdf():
+    uniform = space(x={"distribution": "uniform", "min": 2.0, "max": 4.0}).parameters[0]
+    assert quantile_value(uniform, 0.25) == 2.5
+    log = space(x={"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}).parameters[0]
+    assert quantile_value(log, 0.5) == pytest.approx(1e-3)
+    ints = space(x={"distribution": "int_uniform", "min": 1, "max": 4}).parameters[0]
+    assert [quantile_value(ints, u) for u in (0.0, 0.24, 0.25, 0.99)] == [1, 1, 2, 4]
+    weighted = space(x={"values": ["a", "b"], "probabilities": [0.9, 0.1]}).parameters[0]
+    assert [quantile_value(weighted, u) for u in (0.0, 0.89, 0.9, 0.999)] == ["a", "a", "b", "b"]
 
 
 @pytest.mark.parametrize(

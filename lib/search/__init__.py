@@ -1,5 +1,7 @@
 """Hyperparameter search: W&B-style sweep configs, random/grid/TPE samplers, pruners, the journal."""
 
+from lib.search.journal import Journal, SweepHeader, default_worker_id
+from lib.search.pruners import MedianPruner, Pruner, SuccessiveHalvingPruner, pruner_for
 from lib.search.samplers import GridSampler, RandomSampler, Sampler, trial_rng
 from lib.search.space import (
     EarlyTerminate,
@@ -25,16 +27,23 @@ def make_sampler(space: SweepSpace, seed: int, n_startup_trials: int = 5) -> Sam
 __all__ = [
     "EarlyTerminate",
     "GridSampler",
+    "Journal",
+    "MedianPruner",
     "Metric",
     "Parameter",
+    "Pruner",
     "RandomSampler",
     "Sampler",
+    "SuccessiveHalvingPruner",
+    "SweepHeader",
     "SweepSpace",
     "TPESampler",
     "Trial",
     "TrialState",
+    "default_worker_id",
     "load_sweep_config",
     "make_sampler",
     "parse_sweep_config",
+    "pruner_for",
     "trial_rng",
 ]

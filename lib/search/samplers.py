@@ -29,19 +29,33 @@ def trial_rng(seed: int, number: int) -> np.random.Generator:
 
 def sample_parameter(param: Parameter, rng: np.random.Generator) -> Any:
     """One draw from the parameter's W&B distribution."""
-    dist = param.distribution
-    if dist in ("constant", "categorical"):
-        return param.values[rng.integers(len(param.values))]
-    if dist == "categorical_w_probabilities":
-        probs = np.asarray(param.probabilities)
-        return param.values[rng.choice(len(param.values), p=probs / probs.sum())]
-    if dist == "int_uniform":
-        return int(rng.integers(param.min, param.max + 1))
+    return quantile_value(param, rng.random())
+
+
+def quantile_value(param: Parameter, u: float) -> Any:
+    """The value at quantile u in [0, 1) of the parameter's W&B distribution (its inverse CDF)."""
+    if param.is_choice:
+        k = len(param.values)
+        if param.probabilities is None:
+            return param.values[min(int(u * k), k - 1)]
+        cum = np.cumsum(param.probabilities) / sum(param.probabilities)
+        return param.values[min(int(np.searchsorted(cum, u, side="right")), k - 1)]
+    if param.distribution == "int_uniform":
+        return int(param.min + min(int(u * (param.max - param.min + 1)), param.max - param.min))
     if param.log:
-        x = math.exp(rng.uniform(math.log(param.low), math.log(param.high)))
+        x = math.exp(math.log(param.low) + u * (math.log(param.high) - math.log(param.low)))
     else:
-        x = rng.uniform(param.low, param.high)
+        x = param.low + u * (param.high - param.low)
     return param.to_python(param.snap(x) if param.step is not None else x)
+
+
+def startup_design(space: SweepSpace, seed: int, n: int) -> list[dict[str, Any]]:
+    """n space-filling points, a Latin hypercube in quantile space: each parameter's n values fall
+    in n different equal-probability strata, so every category of a choice of <= n values appears.
+    A function of the seed alone, so trial k of the design is the same after a resume."""
+    rng = np.random.default_rng([seed, n, 1])  # a stream no trial uses: theirs are (seed, number)
+    quantiles = {p.name: (rng.permutation(n) + rng.random(n)) / n for p in space.parameters}
+    return [{p.name: quantile_value(p, quantiles[p.name][k]) for p in space.parameters} for k in range(n)]
 
 
 class RandomSampler:

@@ -4,6 +4,10 @@ The config keeps the W&B sweep schema so that a user's existing file pastes in u
 deliberate differences: `method: bayes` means our TPE here (W&B runs a Gaussian process), and
 `metric` is required for every method because the sweep must pick a best trial.
 
+Parameter names are training option names: the user's W&B names already are the training config's
+fields (learning_rate, num_train_epochs, per_device_train_batch_size, ...), so there is no alias
+table; `known_parameters` refuses a name training does not know, suggesting the closest one.
+
 Quantised distributions follow W&B: values are multiples of `q` inside [min, max] (not anchored at
 min), and they are integers when `q` is written as an integer. Random search samples the continuous
 distribution and rounds to the nearest multiple, so with min and max on the grid the two end points
