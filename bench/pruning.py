@@ -1,6 +1,6 @@
 """Pruning benchmark: epochs spent and final regret, with and without each pruner.
 
-    python -m bench.pruning                          # 30 seeds x 60 trials
+    python -m bench.pruning                          # 30 seeds x 100 trials
     python -m bench.pruning --seeds 10 --trials 40   # quick
 
 Each trial is a config of the user's sweep (experiments/sweep_seed.json) searched by our TPE, run
@@ -47,6 +47,7 @@ def pruners(space: SweepSpace) -> dict[str, Pruner | None]:
         "median_warmup1": MedianPruner(sign, n_startup_trials=5, n_warmup_epochs=1),
         "asha_seed_config": pruner_for(space),  # hyperband min_iter 2, eta 3 -> rungs 2, 6
         "asha_1_3": SuccessiveHalvingPruner(sign, min_resource=1, reduction_factor=3),
+        "asha_1_4": SuccessiveHalvingPruner(sign, min_resource=1, reduction_factor=4),
     }
 
 
@@ -118,6 +119,25 @@ def epochs_to_match(cum_epochs: np.ndarray, regret: np.ndarray, target: float) -
     return float(cum_epochs[:, reached[0]].mean()) if len(reached) else math.inf
 
 
+def saving_interval(
+    base_cum: np.ndarray,
+    base_regret: np.ndarray,
+    cum: np.ndarray,
+    regret: np.ndarray,
+    trials: int,
+    rng: np.random.Generator,
+    reps: int = 1000,
+) -> tuple[float, float]:
+    """95% interval of the saving factor, resampling the seeds of both sweeps independently."""
+    n = len(base_cum)
+    factors = np.empty(reps)
+    for r in range(reps):
+        b, p = rng.integers(n, size=n), rng.integers(n, size=n)
+        target = base_regret[b, trials - 1].mean()
+        factors[r] = base_cum[b, trials - 1].mean() / epochs_to_match(cum[p], regret[p], target)
+    return float(np.quantile(factors, 0.025)), float(np.quantile(factors, 0.975))
+
+
 def regret_at_budget(cum_epochs: np.ndarray, regret: np.ndarray, budget: float) -> float:
     """Mean regret of the incumbent after the last trial that fits in `budget` epochs."""
     values = []
@@ -132,7 +152,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seeds", type=int, default=30)
-    parser.add_argument("--trials", type=int, default=60)
+    parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--workers", type=int, default=multiprocessing.cpu_count())
     args = parser.parse_args()
 
@@ -166,16 +186,18 @@ def main() -> None:
             f"{r.mean():>12.4f} ± {r.std(ddof=1) / math.sqrt(len(r)):.4f}"
             f"{100 * np.mean(false) if false else 0.0:>16.1f}"
         )
+    rng = np.random.default_rng(0)
     for trials in (20, 40):
         if trials > args.trials:
             continue
         target = regret["none"][:, trials - 1].mean()
         base = cum["none"][:, trials - 1].mean()
         print(f"\nEpochs to reach no pruning's mean regret after {trials} trials", end=" ")
-        print(f"({target:.4f}, in {base:.0f} epochs):")
+        print(f"({target:.4f}, in {base:.0f} epochs); saving = {base:.0f} / epochs, [bootstrap 95%]:")
         for m in methods[1:]:
             needed = epochs_to_match(cum[m], regret[m], target)
-            print(f"  {m:<18}{needed:>8.0f} epochs  saving x{base / needed:.2f}")
+            low, high = saving_interval(cum["none"], regret["none"], cum[m], regret[m], trials, rng)
+            print(f"  {m:<18}{needed:>8.0f} epochs  saving x{base / needed:.2f} [{low:.2f}, {high:.2f}]")
     budgets = (50, 100, 200, 400)
     print("\nMean regret at a fixed budget of epochs:")
     print(f"{'pruner':<18}" + "".join(f"{b:>10}" for b in budgets))
