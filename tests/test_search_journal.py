@@ -1,5 +1,6 @@
 """The sweep journal: replay, claims across processes, stale requeue, torn and corrupt lines, resume."""
 
+import json
 import multiprocessing
 import os
 import signal
@@ -78,7 +79,20 @@ def test_a_torn_last_line_is_ignored_and_the_next_append_starts_a_new_line(tmp_p
     journal.finish(1, "w1", 0.4)
     states = [(t.number, t.state, t.value) for t in Journal.open(path).trials()]
     assert states == [(0, TrialState.COMPLETE, 0.5), (1, TrialState.COMPLETE, 0.4)]
-    assert path.read_bytes().count(b'"op":"repair"') == 1
+    assert b'"ep' not in path.read_bytes()  # the fragment was cut, every line is whole
+    # A writer dying again, twice in a row, is handled the same way.
+    for torn in (b'{"op":"heartbeat","t":1,', b'{"op":"fin'):
+        with open(path, "ab") as f:
+            f.write(torn)
+        journal.report(1, "w1", 3, 0.2)
+    assert journal.trials()[1].reports == {3: 0.2}
+
+
+def test_a_header_torn_at_creation_is_replaced(tmp_path):
+    path = tmp_path / "journal.jsonl"
+    path.write_bytes(b'{"op":"sweep","version":1,"swee')
+    assert Journal.create(path, HEADER).header == HEADER
+    assert Journal.open(path).header == HEADER
 
 
 def test_a_complete_last_record_without_its_newline_is_kept(tmp_path):
@@ -89,7 +103,8 @@ def test_a_complete_last_record_without_its_newline_is_kept(tmp_path):
     assert journal.trials()[0].value == 0.3
     journal.claim("w1", suggest, None, 60)
     assert [t.state for t in journal.trials()] == [TrialState.COMPLETE, TrialState.RUNNING]
-    assert b"repair" not in path.read_bytes()
+    ops = [json.loads(line)["op"] for line in path.read_bytes().splitlines()]  # every line is whole
+    assert ops == ["sweep", "created", "claimed", "finished", "created", "claimed"]
 
 
 def test_a_corrupt_line_in_the_middle_is_refused_with_its_number(tmp_path):

@@ -13,17 +13,21 @@ with `op` and `t` (unix time):
     pruned     trial, worker, value                    -> PRUNED
     failed     trial, worker, error                    -> FAILED (only from the current owner)
     requeued   trial, reason                           RUNNING or FAILED -> WAITING, same params
-    repair     line                                    marks that torn line as skipped
 
 Concurrency: appends, and the read-decide-append of a claim, hold an exclusive `flock` on
 `<journal>.lock`; plain reads hold a shared one. Linux implements flock over NFS with the server's
 byte-range locks, so workers on several machines sharing the folder work too (their clocks should
 agree to well within the staleness timeout). Every append is fsynced.
 
-A worker killed mid-append leaves a torn last line: replay ignores it, and the next append first
-ends that line and writes a `repair` record naming it. Any other unreadable line is corruption and
-replay refuses it, naming the file and line. A finish from a worker whose trial was requeued in the
-meantime (it was slow, not dead) still counts: a result is never thrown away.
+A worker killed mid-append leaves a torn last line (no newline): replay ignores it, and the next
+append, holding the lock, cuts it off first and so starts on a new line; the fragment never was a
+record, so nothing is lost, and the file stays a sequence of whole lines. Any other unreadable line
+is corruption and replay refuses it, naming the file and line.
+
+A trial whose owner shows no sign of life (claim, heartbeat or report) for `stale_after_s` is
+requeued by the next claim, keeping its number and parameters, so its run folder and last epoch
+checkpoint carry over. A finish from a worker whose trial was requeued in the meantime (it was slow,
+not dead) still counts: a result is never thrown away, and the new owner's heartbeat returns False.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ class Journal:
         """Start a journal, or reopen one written by the same sweep; refuse another sweep's."""
         journal = cls(path, header, clock)
         with journal._locked(fcntl.LOCK_EX):
-            if journal.path.exists() and journal.path.stat().st_size > 0:
+            if journal.path.exists() and journal._lines():  # a lone torn header counts as empty
                 found = journal._read_header()
                 if (found.sweep_id, found.config_hash) != (header.sweep_id, header.config_hash):
                     raise UserError(
@@ -207,35 +211,29 @@ class Journal:
         raise UserError(f"{self.path}: there is no trial {number}")
 
     def _append(self, records: list[dict[str, Any]]) -> None:
-        """Write records as whole lines in one write, first closing a torn last line."""
+        """Write records as whole lines in one write, after dealing with a torn last line."""
         if not records:
             return
-        text = "".join(_encode(r) for r in records)
         with open(self.path, "a+b") as f:
             size = f.seek(0, os.SEEK_END)
-            if size:
-                f.seek(max(0, size - 65536))
-                tail = f.read()
-                if not tail.endswith(b"\n"):
-                    fragment = tail.rsplit(b"\n", 1)[-1]
-                    if _parse(fragment) is None:
-                        torn_line = self._line_count() + 1
-                        log.warning(
-                            "%s: line %d was torn (a writer died mid-line); skipping it", self.path, torn_line
-                        )
-                        text = "\n" + _encode({"op": "repair", "t": self._clock(), "line": torn_line}) + text
-                    else:
-                        text = "\n" + text
-            f.write(text.encode())
+            f.seek(max(0, size - 65536))
+            tail = f.read()
+            prefix = b""
+            if tail and not tail.endswith(b"\n"):
+                whole = tail if b"\n" in tail else self.path.read_bytes()  # a fragment past the window
+                fragment = whole.rsplit(b"\n", 1)[-1]
+                if _parse(fragment) is None:
+                    # Under the lock nobody else is writing it: it is what a killed writer left.
+                    log.warning("%s: cutting a torn last line (%d bytes)", self.path, len(fragment))
+                    f.truncate(size - len(fragment))
+                else:
+                    prefix = b"\n"  # a whole record that only lacks its newline
+            f.write(prefix + "".join(_encode(r) for r in records).encode())
             f.flush()
             os.fsync(f.fileno())
 
-    def _line_count(self) -> int:
-        with open(self.path, "rb") as f:
-            return f.read().count(b"\n")
-
     def _lines(self) -> list[tuple[int, dict[str, Any]]]:
-        """(line number, record) for every readable line; the checks described in the docstring."""
+        """(line number, record) for every line; a torn last line is skipped, other bad lines refused."""
         raw = self.path.read_bytes().split(b"\n")
         out = []
         for i, text in enumerate(raw):
@@ -244,15 +242,10 @@ class Journal:
             record = _parse(text)
             if record is not None:
                 out.append((i + 1, record))
-                continue
-            is_last = i == len(raw) - 1
-            marker = _parse(raw[i + 1]) if i + 1 < len(raw) else None
-            repaired = marker is not None and marker.get("op") == "repair" and marker.get("line") == i + 1
-            if not (is_last or repaired):
+            elif i < len(raw) - 1:
                 raise UserError(
                     f"{self.path}: line {i + 1} is corrupt (not a journal record); refusing to replay"
                 )
-            log.debug("%s: skipping torn line %d", self.path, i + 1)
         return out
 
     def _read_header(self) -> SweepHeader:
@@ -287,8 +280,6 @@ def _parse(text: bytes) -> dict[str, Any] | None:
 def _apply(table: dict[int, Trial], record: dict[str, Any]) -> None:
     """Fold one record into the trial table; records that lost a race are ignored."""
     op, t = record["op"], float(record["t"])
-    if op == "repair":
-        return
     if op == "sweep":
         raise ValueError("a second sweep header")
     number = int(record["trial"])

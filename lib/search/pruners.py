@@ -105,6 +105,8 @@ class SuccessiveHalvingPruner:
         min_early_stopping_rate: int = 0,
         best_so_far: bool = True,
     ) -> None:
+        if min_resource < 1 or reduction_factor <= 1:
+            raise ValueError("successive halving needs min_resource >= 1 and reduction_factor > 1")
         self.sign = sign
         self.min_resource = min_resource
         self.reduction_factor = reduction_factor
@@ -112,6 +114,7 @@ class SuccessiveHalvingPruner:
         self.best_so_far = best_so_far
 
     def rungs(self, up_to: int) -> list[int]:
+        """The rung epochs up to `up_to`."""
         out: list[int] = []
         k = self.min_early_stopping_rate
         while (rung := math.ceil(self.min_resource * self.reduction_factor**k - 1e-9)) <= up_to:

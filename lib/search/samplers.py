@@ -1,4 +1,4 @@
-"""Random and grid search, and the factory that picks a sampler for a sweep's `method`.
+"""Random and grid search, and the Latin-hypercube design that starts TPE.
 
 Every sampler is a pure function of (trial number, trial table): the random stream of a suggestion
 comes from (sweep seed, trial number), so a resumed sweep proposes what an uninterrupted one would
@@ -23,7 +23,7 @@ class Sampler(Protocol):
 
 
 def trial_rng(seed: int, number: int) -> np.random.Generator:
-    """The random stream of one suggestion."""
+    """The random stream of one suggestion (seed and number are non-negative integers)."""
     return np.random.default_rng([seed, number])
 
 
@@ -59,6 +59,8 @@ def startup_design(space: SweepSpace, seed: int, n: int) -> list[dict[str, Any]]
 
 
 class RandomSampler:
+    """W&B random search: every parameter drawn independently from its distribution."""
+
     def __init__(self, space: SweepSpace, seed: int) -> None:
         self.space = space
         self.seed = seed
