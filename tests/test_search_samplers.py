@@ -237,3 +237,34 @@ def test_truncated_normal_pieces_match_high_precision_references():
     draws_ = truncnorm.sample(np.full(20000, -0.3), np.full(20000, 40.0), rng)
     assert draws_.min() >= -0.3
     assert stats.kstest(draws_, stats.truncnorm(-0.3, 40.0).cdf).pvalue > 1e-3
+
+
+def test_parzen_densities_match_optunas_on_the_users_space():
+    """Our l(x)/g(x) are Optuna v5's (the TPE differences are in the defaults, see lib/search/tpe.py)."""
+    pytest.importorskip("optuna")
+    from optuna.samplers._tpe.parzen_estimator import _ParzenEstimator, _ParzenEstimatorParameters
+    from optuna.samplers._tpe.sampler import default_weights
+
+    from bench.search import _optuna_distributions
+    from lib.search.parzen import Dimension, ParzenEstimator
+
+    sp = load_sweep_config(SEED)
+    dims = [Dimension.of(p) for p in sp.searched]
+    distributions = _optuna_distributions(sp)
+    observed = [RandomSampler(sp, 1).suggest(n) for n in range(30)]
+    points = [RandomSampler(sp, 2).suggest(n) for n in range(50)]
+    settings = _ParzenEstimatorParameters(1.0, True, False, default_weights, True)
+    for n in (1, 2, 30):
+        ours = ParzenEstimator(
+            dims, np.array([[d.encode(o[d.name]) for d in dims] for o in observed[:n]]), 1.0
+        )
+        internal = {
+            k: np.array([dist.to_internal_repr(o[k]) for o in observed[:n]])
+            for k, dist in distributions.items()
+        }
+        theirs = _ParzenEstimator(internal, distributions, settings)
+        x = np.array([[d.encode(p[d.name]) for d in dims] for p in points])
+        x_theirs = {
+            k: np.array([dist.to_internal_repr(p[k]) for p in points]) for k, dist in distributions.items()
+        }
+        assert np.allclose(ours.log_pdf(x), theirs.log_pdf(x_theirs), rtol=1e-12, atol=1e-12)
