@@ -92,7 +92,10 @@ class TrainConfig:
     text_column: str = field(default="review", metadata=_option("name of the text column", "data"))
     label_column: str = field(default="label", metadata=_option("name of the integer label column", "data"))
     val_size: float = field(default=0.1, metadata=_option(
-        "fraction of --train-file held out for validation (stratified, seeded)", "data"))
+        "fraction of --train-file held out for validation (stratified)", "data"))
+    split_seed: int = field(default=42, metadata=_option(
+        "seed of the validation split, folds and --max-train-samples; apart from --seed, so runs that differ "
+        "only in --seed are scored on the same rows (ensembles of seeds)", "data"))
     num_folds: int | None = field(default=None, metadata=_option(
         "cross-validation: split --train-file into this many stratified folds (instead of --val-size)", "data",
         parse=_optional_int))
@@ -217,7 +220,7 @@ class TrainConfig:
         "averaging", choices=KEEP_CHOICES))
 
     # run
-    seed: int = field(default=42, metadata=_option("seed for the split, the model init, dropout and order", "run"))
+    seed: int = field(default=42, metadata=_option("seed for the model init, dropout and batch order", "run"))
     precision: str = field(default="auto", metadata=_option(
         "auto = fp16 + GradScaler on CUDA (bf16 where supported), fp32 on CPU", "run", choices=PRECISIONS))
     device: str = field(default="auto", metadata=_option("auto, cpu or cuda[:N]", "run"))

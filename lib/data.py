@@ -144,9 +144,9 @@ def load_splits(cfg: TrainConfig) -> Splits:
         train = table
         val = read_table(cfg.val_file, columns, labelled=True, flag="--val-file")
     elif cfg.num_folds:
-        train, val = stratified_fold(table, cfg.num_folds, cfg.fold, cfg.seed)
+        train, val = stratified_fold(table, cfg.num_folds, cfg.fold, cfg.split_seed)
     else:
-        train, val = stratified_split(table, cfg.val_size, cfg.seed)
+        train, val = stratified_split(table, cfg.val_size, cfg.split_seed)
     num_labels = cfg.num_labels or int(max(train.labels.max(), val.labels.max())) + 1
     check_label_range(train, num_labels, cfg.train_file, cfg.label_column)
     check_label_range(val, num_labels, cfg.val_file or cfg.train_file, cfg.label_column)
@@ -154,5 +154,5 @@ def load_splits(cfg: TrainConfig) -> Splits:
         raise UserError(f"--label-names: {len(cfg.label_names)} names given for {num_labels} classes "
                         f"in {cfg.train_file}; pass {num_labels} comma-separated names")
     if cfg.max_train_samples:
-        train = stratified_sample(train, cfg.max_train_samples, cfg.seed)
+        train = stratified_sample(train, cfg.max_train_samples, cfg.split_seed)
     return Splits(train, val, num_labels, tuple(cfg.label_names))

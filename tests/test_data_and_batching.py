@@ -108,3 +108,12 @@ def test_token_budget_caps_padded_tokens_and_lets_short_texts_fill_larger_batche
     assert all(len(b) <= 64 and (len(b) == 1 or len(b) * padded_width(lengths[b].max()) <= 512) for b in batches)
     sizes = {padded_width(lengths[b].max()): len(b) for b in batches}
     assert sizes[min(sizes)] > sizes[max(sizes)]
+
+
+def test_the_validation_split_follows_split_seed_not_seed(toy_data, tmp_path):
+    from lib.data import load_splits
+    from tests.conftest import tiny_config
+
+    ids = lambda **kw: list(load_splits(tiny_config(toy_data, tmp_path, **kw)).val.ids)
+    assert ids(seed=1) == ids(seed=2)
+    assert ids(split_seed=1) != ids(split_seed=2)
