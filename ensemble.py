@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from lib.calibration import CALIBRATIONS, PRIOR_CORRECTIONS
-from lib.cli import run_cli
+from lib.cli import CliParser, run_cli
 from lib.ensemble import vote
 from lib.ensemble_train import train_ensemble
 from lib.errors import UserError
@@ -21,13 +21,8 @@ from lib.trainer import StopRequest, TrainingInterrupted
 from lib.voting import AVERAGE_MODES
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UserError(message)
-
-
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="ensemble.py", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = CliParser(prog="ensemble.py", description=__doc__.splitlines()[0], allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{train,vote}")
     train = commands.add_parser(
         "train", allow_abbrev=False,

@@ -10,20 +10,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from lib.cli import run_cli
+from lib.cli import CliParser, run_cli
 from lib.ensemble import is_ensemble_folder, predict_with_ensemble
 from lib.errors import UserError
 from lib.predict import distribution_table, load_run, predict_table, save_logits, write_predictions
 from lib.progress import progress_enabled
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UserError(message)
-
-
 def main(argv: list[str]) -> int:
-    parser = _Parser(prog="predict.py", description=__doc__.splitlines()[0],
+    parser = CliParser(prog="predict.py", description=__doc__.splitlines()[0],
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("run", type=Path, help="finished run folder, or an ensemble folder from ensemble.py vote")
     parser.add_argument("--test", type=Path, default=Path("data/test.csv"), help="CSV with id and text columns")

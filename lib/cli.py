@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from typing import Callable
@@ -12,6 +13,13 @@ from transformers.utils import logging as hf_logging
 from lib.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as a UserError (one line, exit status 2) instead of usage text."""
+
+    def error(self, message: str) -> None:
+        raise UserError(message)
 
 
 def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:

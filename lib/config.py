@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lib.augment import parse_augment_spec
+from lib.cli import CliParser
 from lib.errors import UserError
 from lib.preprocess import SPECIAL_PATTERNS
 
@@ -403,15 +404,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as a UserError (one line, exit status 2) instead of usage text."""
-
-    def error(self, message: str) -> None:
-        raise UserError(message)
-
-
 def build_train_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = CliParser(
         prog="train.py",
         description="Fine-tune a text classifier into a self-describing run folder.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

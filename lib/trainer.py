@@ -210,7 +210,6 @@ def resume(path: Path, *, show_progress: bool = False, stop: StopRequest | None 
     train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, plan.max_length)
     loop = LoopState(**state["loop"])
     set_rng_state(state["rng"][ctx.rank])
-    log.info("resuming %s at epoch %d, step %d", run.path, loop.epoch, loop.global_step)
     session = Session(cfg, run, plan, splits, preprocessor, tokenizer, model.to(device), train_data, val_data,
                       device, show_progress and ctx.is_main, ctx)
     return _fit(session, loop, state["optimizer"], state["scaler"], overwrite=False, stop=stop or StopRequest())
@@ -280,6 +279,8 @@ class _RunLoop:
 
     def train(self) -> None:
         s, cfg, plan, loop = self.s, self.cfg, self.plan, self.loop
+        if loop.global_step:
+            log.info("resuming %s at epoch %d, step %d", s.run.path, loop.epoch, loop.global_step)
         log.info("%s: %d train / %d val rows, %d classes, max length %d, %d steps (%d per epoch, %d warmup), "
                  "lr %g, %s on %s, padding efficiency %.1f%%", s.run.path, len(s.train_data), len(s.val_data),
                  plan.num_labels, plan.max_length, plan.total_steps, plan.steps_per_epoch, plan.warmup_steps,
@@ -638,13 +639,21 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _attach_log_file(path: Path) -> logging.Handler:
+def _attach_log_file(path: Path) -> tuple[logging.Handler, int]:
+    """Copy the run's INFO lines into train.log, also when the caller configured no logging."""
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("lib").addHandler(handler)
-    return handler
+    logger = logging.getLogger("lib")
+    previous = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return handler, previous
 
 
-def _detach_log_file(handler: logging.Handler) -> None:
-    logging.getLogger("lib").removeHandler(handler)
+def _detach_log_file(attached: tuple[logging.Handler, int]) -> None:
+    handler, previous = attached
+    logger = logging.getLogger("lib")
+    logger.removeHandler(handler)
+    logger.setLevel(previous)
     handler.close()
