@@ -1,0 +1,616 @@
+"""Speed benchmarks of issue 5: our loop against `transformers.Trainer` on the same work, plus
+torch.compile, the tokenisation cache and padding efficiency.
+
+    python -m bench.throughput                          # scratch:tiny, 20000 reviews, 1 epoch, fp32, every part
+    python -m bench.throughput --quick                  # smoke version (2000 reviews, 3000 validation rows)
+    python -m bench.throughput --parts trainer --preset mini --precision bf16
+    python -m bench.throughput --parts compile          # our loop with and without --compile
+    python -m bench.throughput --parts cache            # set-up time with a cold and a warm tokenisation cache
+
+Fair comparison. One model folder (a `scratch:` preset built once by `lib.backbone.prepare_backbone`,
+saved with `save_pretrained`) is the starting point of every run: ours loads it with
+`train_new(model=<folder>)` through `from_pretrained` like a hub model; the Trainer loads the same
+folder. Both sides get the same rows (`lib.data.load_splits`), the same preprocessed texts, the same
+token ids (checked), max length, batch sizes, epochs, precision, AdamW settings (HF's default optimizer
+is fused AdamW, as ours), linear schedule with the same warm-up steps, clipping, and an evaluation at
+every epoch end. Gradient accumulation is 1, so the transformers 5.x loss scaling bug under
+accumulation (huggingface/transformers#47688) does not apply. The Trainer pads with
+`DataCollatorWithPadding` (dynamic padding, to the longest row of each batch) and is run twice: with
+its default random sampler and with `train_sampling_strategy="group_by_length"` (which also groups
+its evaluation batches), so the table shows which part of our gain is length grouping and which is
+the loop itself. Our runs do not use the tokenisation cache (both sides tokenise).
+
+What is timed. Training, two ways on both sides: (1) the wall time of the optimizer steps (ours:
+`result.json` train_seconds, the sum of collate + forward + backward + step; the Trainer: its epoch
+loops between `on_epoch_begin` and `on_epoch_end`, the same work plus its per-step callbacks and
+logging); (2) the steady rate: from one step's end to the next (our `StopRequest.should_stop` hook,
+the Trainer's `on_step_end`), leaving out the first step and any interval holding an evaluation, in
+wall time and in process CPU time. On a shared machine CPU time is the number to trust: other
+processes stretch wall time, not the CPU time a side spends. Set-up (reading, preprocessing,
+tokenising, building the model and optimizer) and evaluation are excluded everywhere and set-up is
+shown apart. Prediction: the validation split, best of two passes, (a) from token ids already in
+memory (`predict_logits` / `Trainer.predict`), (b) from the CSV file (`predict_table`; the Trainer side
+reads the same file with `lib.data.read_table`, applies the same preprocessor and tokenises). Peak
+memory is the peak resident set size of each side's own process (every run is a fresh `spawn`
+subprocess).
+
+Threads. Each side runs with `--threads` torch threads (default 1). On a machine shared with other
+work, OpenMP threads that outnumber the free cores spin-wait on each other and a 2-thread run can be
+10x slower than a 1-thread one, which would swamp the comparison; pass `--threads 0` on an idle
+machine to use torch's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import resource
+import shlex
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import transformers
+from transformers import (AutoTokenizer, DataCollatorWithPadding, PrinterCallback, PreTrainedTokenizerBase, Trainer,
+                          TrainerCallback, TrainingArguments)
+
+from lib import batching
+from lib.backbone import load_classifier, prepare_backbone
+from lib.batching import encode, tokenize, trailing_special_tokens, training_batches, truncate
+from lib.cache import DiskCache
+from lib.cli import run_cli
+from lib.config import TrainConfig
+from lib.data import Columns, Splits, load_splits, read_table
+from lib.errors import UserError
+from lib.evaluate import predict_logits
+from lib.predict import load_run, predict_table
+from lib.preprocess import TextPreprocessor
+from lib.trainer import StopRequest, train_new
+
+LOSS_TOLERANCE = 0.03  # relative difference of final validation losses flagged as "not the same training"
+PARTS = ("trainer", "compile", "cache")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m bench.throughput", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS))
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke version: 2000 reviews, 3000 validation rows, 20000 rows for the cache part")
+    parser.add_argument("--preset", default="tiny", choices=("tiny", "mini"), help="scratch: model preset")
+    parser.add_argument("--train-file", default="data/train.csv")
+    parser.add_argument("--train-samples", type=int, default=20000, help="training rows (stratified subset)")
+    parser.add_argument("--val-size", type=float, default=0.1, help="validation fraction of --train-file")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--eval-batch-size", type=int, default=256)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--lr", type=float, default=1e-3, help="the scratch-model default of train.py")
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--warmup-ratio", type=float, default=0.06)
+    parser.add_argument("--max-tokens-per-batch", type=int, default=1024,
+                        help="token budget of the extra 'ours, budget' column (its row cap is 4x --batch-size)")
+    parser.add_argument("--experiment-pad-multiple", type=int, default=None, metavar="N",
+                        help="add a column: ours grouped with batch widths rounded to N instead of 8 "
+                             "(patches lib.batching.PAD_TO_MULTIPLE_OF in that run; a library experiment)")
+    parser.add_argument("--cache-train-samples", type=int, default=None,
+                        help="training rows of the cache part (default: all)")
+    parser.add_argument("--cache-epochs", type=float, default=0.01,
+                        help="epochs of the cache part's runs (only their set-up matters)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per side; 0 = torch's default")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep run folders here (default: a temporary folder, removed at the end)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.train_samples, args.val_size = 2000, 0.02
+        args.cache_train_samples = args.cache_train_samples or 20000
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise UserError(f"--parts: unknown {', '.join(sorted(unknown))}; choose among {', '.join(PARTS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"command: python -m bench.throughput {shlex.join(argv)}".rstrip())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) per side, "
+          f"{multiprocessing.cpu_count()} CPU(s), load average {_load_average()}")
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        _run_parts(args, parts, args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-throughput-") as folder:
+            _run_parts(args, parts, Path(folder))
+    return 0
+
+
+def _run_parts(args: argparse.Namespace, parts: list[str], workdir: Path) -> None:
+    base = _base_config(args, workdir)
+    needs_folder = "trainer" in parts or "compile" in parts or "cache" in parts
+    if needs_folder:
+        started = time.perf_counter()
+        init = _build_init_folder(base, workdir / "init")
+        print(f"initial model: {init} (scratch:{args.preset}, built in {time.perf_counter() - started:.1f} s)")
+        base = {**base, "model": str(init)}
+    if "trainer" in parts:
+        trainer_part(args, base)
+    if "compile" in parts:
+        compile_part(args, base)
+    if "cache" in parts:
+        cache_part(args, base, workdir)
+
+
+# --- configuration and the shared starting point ---------------------------------------------------
+
+def _base_config(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """TrainConfig options every run of the main comparison shares."""
+    return {
+        "train_file": args.train_file, "val_size": args.val_size, "max_train_samples": args.train_samples,
+        "model": f"scratch:{args.preset}", "learning_rate": args.lr, "num_train_epochs": float(args.epochs),
+        "per_device_train_batch_size": args.batch_size, "per_device_eval_batch_size": args.eval_batch_size,
+        "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio, "lr_scheduler_type": "linear",
+        "max_grad_norm": 1.0, "gradient_accumulation_steps": 1, "precision": args.precision, "device": "cpu",
+        "seed": args.seed, "cache_dir": None, "output_dir": str(workdir / "runs"),
+    }
+
+
+def _preprocessed(cfg: TrainConfig) -> tuple[Splits, TextPreprocessor, list[str], list[str]]:
+    """The rows and preprocessed texts of `cfg`, exactly as `train_new` makes them."""
+    splits = load_splits(cfg)
+    preprocessor = TextPreprocessor(cfg.unicode_normalization, cfg.max_char_repeat, cfg.special_patterns,
+                                    cfg.special_pattern_min_count, cfg.num_rare_words_to_remove)
+    train_texts = preprocessor.fit(splits.train.texts).transform(splits.train.texts)
+    return splits, preprocessor, train_texts, preprocessor.transform(splits.val.texts)
+
+
+def _build_init_folder(base: dict[str, Any], folder: Path) -> Path:
+    """The scratch model and tokenizer every run starts from, built by our own code and saved as a hub
+    model is, plus `val.csv` (the validation rows as a file to predict)."""
+    cfg = TrainConfig(**base)
+    splits, preprocessor, train_texts, _ = _preprocessed(cfg)
+    tokenizer, model = prepare_backbone(cfg.model, train_texts, preprocessor.special_tokens, splits.num_labels,
+                                        splits.label_names, None, cfg.scratch_vocab_size, cfg.seed, DiskCache(None))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    pd.DataFrame({cfg.id_column: splits.val.ids, cfg.text_column: splits.val.texts}).to_csv(
+        folder / "val.csv", index=False)
+    return folder
+
+
+def _in_subprocess(function: Callable[..., dict], *args: Any, **kwargs: Any) -> dict:
+    """Run one side in a fresh process, so its peak memory and one-off costs are its own."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args, **kwargs).result()
+
+
+def _worker_setup(threads: int) -> None:
+    """Torch threads, and no HF progress bars or info logs in a side's process."""
+    from transformers.utils import logging as hf_logging
+
+    if threads:
+        torch.set_num_threads(threads)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _timed(run: Callable[[], Any]) -> tuple[float, float]:
+    """(wall, CPU) seconds of the faster of two passes: the first may pay one-off set-up per shape."""
+    walls, cpus = [], []
+    for _ in range(2):
+        wall, cpu = time.perf_counter(), time.process_time()
+        run()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus)
+
+
+class StepClock:
+    """Wall and CPU clocks at the end of every optimizer step.
+
+    The steady rate sums the intervals between consecutive step ends, leaving out the first step
+    (set-up and first-shape kernels) and every interval that holds an evaluation. CPU time is the
+    contention-proof measure: on a shared machine the wall clock also counts the time the
+    scheduler gave to other processes.
+    """
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[int, float, float, bool]] = []  # (step, wall, cpu, an evaluation came before)
+        self._evaluated = False
+
+    def step_end(self, step: int) -> None:
+        self.marks.append((step, time.perf_counter(), time.process_time(), self._evaluated))
+        self._evaluated = False
+
+    def evaluated(self) -> None:
+        self._evaluated = True
+
+    def steady(self, rows_per_step: list[int]) -> tuple[float, float]:
+        """(samples per wall second, samples per CPU second); `rows_per_step[k - 1]`: rows of step k."""
+        rows, wall, cpu = 0, 0.0, 0.0
+        for (_, wall0, cpu0, _), (step, wall1, cpu1, evaluated) in zip(self.marks, self.marks[1:]):
+            if not evaluated:
+                rows, wall, cpu = rows + rows_per_step[step - 1], wall + wall1 - wall0, cpu + cpu1 - cpu0
+        return rows / wall, rows / cpu
+
+    def median_step_seconds(self) -> float:
+        return float(np.median(np.diff([wall for _, wall, _, _ in self.marks]))) if len(self.marks) > 1 else 0.0
+
+
+class _OursClock(StopRequest):
+    """Never stops or prunes; the loop asks after every step and after every evaluation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = StepClock()
+
+    def should_stop(self, global_step: int) -> bool:
+        self.clock.step_end(global_step)
+        return super().should_stop(global_step)
+
+    def prune_after(self, step: int, epoch: float, metrics: dict[str, float]) -> bool:
+        self.clock.evaluated()
+        return super().prune_after(step, epoch, metrics)
+
+
+# --- the two sides ---------------------------------------------------------------------------------
+
+def ours_side(options: dict[str, Any], threads: int, *, steady: bool = True, val_csv: str | None = None,
+              pad_multiple: int | None = None) -> dict:
+    """Train with `lib.trainer.train_new`. `steady`: also the steady step rates (re-tokenises the
+    training rows to know each step's rows); `val_csv`: also predict that file with the finished run.
+    `pad_multiple` replaces lib.batching's width rounding (an experiment on the library)."""
+    _worker_setup(threads)
+    if pad_multiple is not None:
+        batching.PAD_TO_MULTIPLE_OF = pad_multiple
+    cfg = TrainConfig(**options)
+    stop = _OursClock()
+    started = time.perf_counter()
+    run = train_new(cfg, overwrite=True, stop=stop)
+    wall = time.perf_counter() - started
+    result = json.loads(run.result.read_text(encoding="utf-8"))
+    records = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    clock = stop.clock
+    measured = {
+        "train_sps": result["train_samples_per_second"],
+        "train_seconds": result["train_seconds"],
+        "eval_sps": result["eval_samples_per_second"],
+        "padding_efficiency": result["padding_efficiency"],
+        "val_loss": [r for r in records if r["split"] == "val"][-1]["loss"],
+        "steps": result["global_step"],
+        "setup_seconds": clock.marks[0][1] - started - clock.median_step_seconds(),
+        "wall_seconds": wall,
+        "compile_seconds": torch._dynamo.utils.calculate_time_spent()["total_wall_time"] if cfg.compile else 0.0,
+        "threads": torch.get_num_threads(),
+        "plan": json.loads(run.plan.read_text(encoding="utf-8")),
+    }
+    loaded = load_run(run.path, device="cpu")  # the kept model (best/), which holds the tokenizer too
+    if steady:
+        lengths = encode(loaded.tokenizer, loaded.preprocessor.transform(load_splits(cfg).train.texts),
+                         loaded.plan.max_length).lengths
+        epochs = [training_batches(lengths, cfg.per_device_train_batch_size, cfg.seed, epoch, cfg.group_by_length,
+                                   cfg.max_tokens_per_batch) for epoch in range(math.ceil(cfg.num_train_epochs))]
+        measured["steady_sps"], measured["cpu_sps"] = clock.steady([len(rows) for batch in epochs for rows in batch])
+        measured["computed_efficiency"] = _computed_efficiency(lengths, epochs[0])
+    if val_csv is not None:
+        data = encode(loaded.tokenizer, loaded.preprocessor.transform(_read_texts(cfg, val_csv)),
+                      loaded.plan.max_length)
+        predict_ids = _timed(lambda: predict_logits(
+            loaded.model, data, cfg.per_device_eval_batch_size, loaded.plan.precision, loaded.device, "predict",
+            False))
+        predict_csv = _timed(lambda: predict_table(
+            loaded.cfg, loaded.plan, loaded.preprocessor, loaded.tokenizer, loaded.model, val_csv, loaded.device,
+            False))
+        measured.update({
+            "predict_ids_sps": len(data) / predict_ids[0], "predict_ids_cpu_sps": len(data) / predict_ids[1],
+            "predict_csv_sps": len(data) / predict_csv[0], "predict_csv_cpu_sps": len(data) / predict_csv[1]})
+    return {**measured, "peak_rss_mib": _peak_rss_mib()}
+
+
+def _read_texts(cfg: TrainConfig, path: str) -> list[str]:
+    return read_table(path, Columns(cfg.id_column, cfg.text_column, cfg.label_column), labelled=False,
+                      flag="val").texts
+
+
+def _computed_efficiency(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
+    """Real tokens / tokens the model computes: our collate rounds each batch's width up (to a multiple
+    of 8), which `result.json`'s padding_efficiency (real / longest row) does not count."""
+    real = sum(int(lengths[b].sum()) for b in batches)
+    return real / sum(batching.padded_width(lengths[b].max()) * len(b) for b in batches)
+
+
+class _PaddingCounter:
+    """`DataCollatorWithPadding` that, while `counting`, records rows per batch and real / padded tokens."""
+
+    def __init__(self, collator: Callable) -> None:
+        self.collator, self.counting, self.real, self.padded = collator, False, 0, 0
+        self.rows: list[int] = []
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.collator(features)
+        if self.counting:
+            self.rows.append(len(features))
+            self.real += int(batch["attention_mask"].sum())
+            self.padded += batch["attention_mask"].numel()
+        return batch
+
+
+class _TrainerClock(TrainerCallback):
+    """The Trainer's epoch loops (its training steps; evaluation runs after on_epoch_end) and step ends."""
+
+    def __init__(self, collator: _PaddingCounter) -> None:
+        self.collator, self.clock = collator, StepClock()
+        self.seconds, self.begun, self.train_begin = 0.0, 0.0, 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.train_begin = time.perf_counter()
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.counting, self.begun = True, time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.clock.step_end(state.global_step)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.collator.counting = False
+        self.seconds += time.perf_counter() - self.begun
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.clock.evaluated()
+
+
+def trainer_side(options: dict[str, Any], threads: int, val_csv: str, plan: dict, grouped: bool) -> dict:
+    """Train the same model on the same rows with `transformers.Trainer`, then predict the same file."""
+    _worker_setup(threads)
+    started = time.perf_counter()
+    cfg = TrainConfig(**options)
+    splits, preprocessor, train_texts, val_texts = _preprocessed(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+    max_length = plan["max_length"]
+
+    def dataset(texts: list[str], labels: np.ndarray | None) -> list[dict]:
+        encoded = tokenizer(texts, truncation=True, max_length=max_length, return_token_type_ids=False)
+        rows = [{"input_ids": ids, "attention_mask": mask}
+                for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"])]
+        if labels is not None:
+            for row, label in zip(rows, labels):
+                row["labels"] = int(label)
+        return rows
+
+    train_rows, val_rows = dataset(train_texts, splits.train.labels), dataset(val_texts, splits.val.labels)
+    model = load_classifier(cfg.model, splits.num_labels, splits.label_names, None)
+    collator = _PaddingCounter(DataCollatorWithPadding(tokenizer))
+    timer = _TrainerClock(collator)
+    args = TrainingArguments(
+        output_dir=str(Path(cfg.output_dir) / f"trainer-{'grouped' if grouped else 'random'}"),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size, gradient_accumulation_steps=1,
+        num_train_epochs=cfg.num_train_epochs, learning_rate=plan["learning_rate"], lr_scheduler_type="linear",
+        warmup_steps=plan["warmup_steps"], weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
+        adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_epsilon, max_grad_norm=cfg.max_grad_norm,
+        bf16=cfg.precision == "bf16", use_cpu=True, seed=cfg.seed, eval_strategy="epoch", save_strategy="no",
+        logging_steps=cfg.logging_steps, report_to="none", disable_tqdm=True,
+        train_sampling_strategy="group_by_length" if grouped else "random")
+    trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
+                      data_collator=collator, processing_class=tokenizer, callbacks=[timer])
+    trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout
+    trainer.train()
+    if trainer.state.max_steps != plan["total_steps"]:
+        raise RuntimeError(f"Trainer made {trainer.state.max_steps} steps, ours {plan['total_steps']}")
+    evaluations = [r for r in trainer.state.log_history if "eval_loss" in r]
+
+    predict_rows = dataset(preprocessor.transform(_read_texts(cfg, val_csv)), None)
+    predict_ids = _timed(lambda: trainer.predict(predict_rows))
+    predict_csv = _timed(lambda: trainer.predict(dataset(preprocessor.transform(_read_texts(cfg, val_csv)), None)))
+    _check_same_ids(tokenizer, train_texts, train_rows, max_length, model.config.max_position_embeddings)
+    steady_wall, steady_cpu = timer.clock.steady(collator.rows)
+    return {
+        "train_sps": len(train_rows) * cfg.num_train_epochs / timer.seconds,
+        "train_seconds": timer.seconds,
+        "steady_sps": steady_wall,
+        "cpu_sps": steady_cpu,
+        "eval_sps": len(val_rows) * len(evaluations) / sum(r["eval_runtime"] for r in evaluations),
+        "predict_ids_sps": len(predict_rows) / predict_ids[0],
+        "predict_ids_cpu_sps": len(predict_rows) / predict_ids[1],
+        "predict_csv_sps": len(predict_rows) / predict_csv[0],
+        "predict_csv_cpu_sps": len(predict_rows) / predict_csv[1],
+        "peak_rss_mib": _peak_rss_mib(),
+        "padding_efficiency": collator.real / collator.padded,
+        "computed_efficiency": collator.real / collator.padded,
+        "val_loss": evaluations[-1]["eval_loss"],
+        "steps": trainer.state.global_step,
+        "setup_seconds": timer.train_begin - started,
+        "threads": torch.get_num_threads(),
+        "optimizer": getattr(args.optim, "value", args.optim),
+        "transformers": transformers.__version__,
+    }
+
+
+def _check_same_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], rows: list[dict], max_length: int,
+                    limit: int) -> None:
+    """The Trainer's token ids must be ours (tokenised at the model limit, then truncated in numpy)."""
+    ours = truncate(tokenize(tokenizer, texts, limit), max_length, trailing_special_tokens(tokenizer))
+    if any(list(a) != b["input_ids"] for a, b in zip(ours, rows)):
+        raise RuntimeError("the Trainer side tokenises differently from ours; the comparison is void")
+
+
+# --- parts -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Column:
+    title: str
+    result: dict
+
+
+def trainer_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
+    """Ours (grouped, random order, token budget) and the Trainer (random, grouped) on the same work."""
+    val_csv = str(Path(base["model"]) / "val.csv")
+    budget = {"max_tokens_per_batch": args.max_tokens_per_batch, "per_device_train_batch_size": 4 * args.batch_size}
+    ours = _in_subprocess(ours_side, {**base, "run_name": "ours-grouped"}, args.threads, val_csv=val_csv)
+    plan = ours["plan"]
+    columns = [
+        Column("ours grouped", ours),
+        Column("Trainer random", _in_subprocess(trainer_side, base, args.threads, val_csv, plan, False)),
+        Column("ours random", _in_subprocess(
+            ours_side, {**base, "run_name": "ours-random", "group_by_length": False}, args.threads, val_csv=val_csv)),
+        Column("Trainer grouped", _in_subprocess(trainer_side, base, args.threads, val_csv, plan, True)),
+        Column(f"ours budget{args.max_tokens_per_batch}", _in_subprocess(
+            ours_side, {**base, **budget, "run_name": "ours-budget"}, args.threads, val_csv=val_csv)),
+    ]
+    if args.experiment_pad_multiple is not None:
+        columns.append(Column(f"ours grouped pad{args.experiment_pad_multiple}", _in_subprocess(
+            ours_side, {**base, "run_name": "ours-pad"}, args.threads, val_csv=val_csv,
+            pad_multiple=args.experiment_pad_multiple)))
+    theirs = columns[1].result
+    print(f"\n== ours vs transformers.Trainer {theirs['transformers']} ({theirs['optimizer']}): "
+          f"scratch:{args.preset}, {args.train_samples} train / {sum(plan['val_class_counts'])} validation rows, "
+          f"{args.epochs} epoch(s), batch {args.batch_size}, eval batch {args.eval_batch_size}, {args.precision}, "
+          f"max length {plan['max_length']}, lr {plan['learning_rate']:g} linear, {plan['warmup_steps']} warm-up "
+          f"steps, {ours['threads']} thread(s) per side")
+    print(f"   re-run: {_rerun(args, 'trainer')}")
+    _print_table(columns, [
+        ("train samples/s, wall (all steps)", "train_sps", "{:.0f}"),
+        ("train samples/s, wall (steady)", "steady_sps", "{:.0f}"),
+        ("train samples/CPU-s (steady)", "cpu_sps", "{:.0f}"),
+        ("eval samples/s, wall (in training)", "eval_sps", "{:.0f}"),
+        ("predict ids samples/s, wall", "predict_ids_sps", "{:.0f}"),
+        ("predict ids samples/CPU-s", "predict_ids_cpu_sps", "{:.0f}"),
+        ("predict CSV samples/s, wall", "predict_csv_sps", "{:.0f}"),
+        ("predict CSV samples/CPU-s", "predict_csv_cpu_sps", "{:.0f}"),
+        ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
+        ("padding eff. (real/longest row)", "padding_efficiency", "{:.3f}"),
+        ("padding eff. as computed", "computed_efficiency", "{:.3f}"),
+        ("final val loss", "val_loss", "{:.4f}"),
+        ("optimizer steps", "steps", "{:d}"),
+        ("set-up seconds (excluded)", "setup_seconds", "{:.1f}"),
+    ])
+    print(f"   budget column: --max-tokens-per-batch {args.max_tokens_per_batch} with --batch-size "
+          f"{4 * args.batch_size} as the row cap; other batches, so other optimisation: not in the ratios")
+    if args.experiment_pad_multiple is not None:
+        print(f"   pad column: ours grouped with lib.batching.PAD_TO_MULTIPLE_OF = {args.experiment_pad_multiple} "
+              "(an experiment on the library)")
+    print("   steady: step-end to step-end, first step and evaluations left out; CPU-s: process CPU time, "
+          "which other processes on the machine do not inflate")
+    print("   predict ids: token ids in memory; predict CSV: read the file, preprocess, tokenise, predict")
+    print("   as computed: our collate rounds widths up to a multiple of 8; the Trainer pads to the longest row")
+    pairs = [("ours grouped / Trainer random (defaults)", 0, 1), ("ours grouped / Trainer grouped", 0, 3),
+             ("ours random / Trainer random (loop only)", 2, 1)]
+    if args.experiment_pad_multiple is not None:
+        pairs.append((f"ours grouped pad{args.experiment_pad_multiple} / Trainer grouped", len(columns) - 1, 3))
+    measures = [("train", "train_sps"), ("train CPU", "cpu_sps"), ("pred ids", "predict_ids_sps"),
+                ("ids CPU", "predict_ids_cpu_sps"), ("pred CSV", "predict_csv_sps"),
+                ("CSV CPU", "predict_csv_cpu_sps"), ("memory", "peak_rss_mib")]
+    print(f"\n   {'ratio ours / Trainer':<46}" + "".join(f"{name:>10}" for name, _ in measures))
+    for label, a, b in pairs:
+        x, y = columns[a].result, columns[b].result
+        print(f"   {label:<46}" + "".join(f"{x[key] / y[key]:>9.2f}x" for _, key in measures))
+    print("   targets (issue 5): training >= 1.5x, prediction >= 2x the Trainer's samples/s")
+    for a, b in ((0, 1), (2, 1), (0, 3)):
+        x, y = columns[a].result["val_loss"], columns[b].result["val_loss"]
+        gap = abs(x - y) / min(x, y)
+        verdict = "ok" if gap <= LOSS_TOLERANCE else f"FLAG: more than {LOSS_TOLERANCE:.0%} apart"
+        print(f"   val loss {columns[a].title} {x:.4f} vs {columns[b].title} {y:.4f}: {gap:.1%} apart, {verdict}")
+
+
+def compile_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
+    """Our loop with and without torch.compile on the same work; compile time measured by dynamo."""
+    eager = _in_subprocess(ours_side, {**base, "run_name": "eager"}, args.threads)
+    compiled = _in_subprocess(ours_side, {**base, "run_name": "compiled", "compile": True}, args.threads)
+    print(f"\n== --compile: torch.compile(dynamic=True) of the training model, our loop, the work of "
+          f"'ours grouped', {eager['threads']} thread(s)")
+    print(f"   re-run: {_rerun(args, 'compile')}")
+    excluded = compiled["train_seconds"] - compiled["compile_seconds"]
+    rows = [
+        ("train seconds, wall (compile included)", eager["train_seconds"], compiled["train_seconds"]),
+        ("  of which compiling (dynamo+inductor)", 0.0, compiled["compile_seconds"]),
+        ("train samples/s, compile included", eager["train_sps"], compiled["train_sps"]),
+        ("train samples/s, compile excluded", eager["train_sps"], compiled["train_sps"] * compiled["train_seconds"]
+         / excluded),
+        ("train samples/s, wall (steady)", eager["steady_sps"], compiled["steady_sps"]),
+        ("train samples/CPU-s (steady)", eager["cpu_sps"], compiled["cpu_sps"]),
+        ("peak RSS MiB", eager["peak_rss_mib"], compiled["peak_rss_mib"]),
+        ("final val loss", eager["val_loss"], compiled["val_loss"]),
+    ]
+    print(f"   {'':<42}{'eager':>10}{'compiled':>10}{'ratio':>8}")
+    for label, a, b in rows:
+        digits = 4 if label == "final val loss" else 1
+        print(f"   {label:<42}{a:>10.{digits}f}{b:>10.{digits}f}" + (f"{b / a:>7.2f}x" if a else ""))
+    print("   steady: the first step (where compiling happens) and evaluations left out; CPU-s excludes "
+          "inductor's compile workers")
+
+
+def cache_part(args: argparse.Namespace, base: dict[str, Any], workdir: Path) -> None:
+    """Set-up time of one run with an empty and with a filled tokenisation cache (what a sweep trial saves)."""
+    options = {**base, "max_train_samples": args.cache_train_samples, "num_train_epochs": args.cache_epochs}
+    print(f"\n== tokenisation cache: set-up of one run, {args.cache_train_samples or 'all'} training rows, "
+          f"{args.cache_epochs:g} epoch(s) of training (set-up = from train_new() to the loop's first step)")
+    print(f"   re-run: {_rerun(args, 'cache')}")
+    print(f"   {'model':<28}{'cold s':>10}{'warm s':>10}{'saved s':>10}{'cold wall':>11}{'warm wall':>11}")
+    models = {f"scratch:{args.preset} (WordPiece too)": f"scratch:{args.preset}",
+              "model folder (tokens only)": base["model"]}
+    for label, model in models.items():
+        cache = workdir / f"cache-{'scratch' if model.startswith('scratch:') else 'folder'}"
+        cold, warm = [_in_subprocess(ours_side, {**options, "model": model, "cache_dir": str(cache),
+                                                 "run_name": name}, args.threads, steady=False)
+                      for name in ("cold", "warm")]
+        print(f"   {label:<28}{cold['setup_seconds']:>10.1f}{warm['setup_seconds']:>10.1f}"
+              f"{cold['setup_seconds'] - warm['setup_seconds']:>10.1f}{cold['wall_seconds']:>11.1f}"
+              f"{warm['wall_seconds']:>11.1f}")
+    print("   saved = seconds each later run (sweep trial) with the same data, preprocessing and tokenizer skips")
+
+
+def _rerun(args: argparse.Namespace, part: str) -> str:
+    """The command that repeats one part, every setting of this invocation spelled out."""
+    flags = ["--parts", part, "--train-file", args.train_file, "--preset", args.preset,
+             "--train-samples", str(args.train_samples), "--val-size", str(args.val_size), "--epochs", str(args.epochs),
+             "--batch-size", str(args.batch_size), "--eval-batch-size", str(args.eval_batch_size),
+             "--precision", args.precision, "--lr", str(args.lr), "--weight-decay", str(args.weight_decay),
+             "--warmup-ratio", str(args.warmup_ratio), "--threads", str(args.threads), "--seed", str(args.seed)]
+    if part == "trainer":
+        flags += ["--max-tokens-per-batch", str(args.max_tokens_per_batch)]
+        if args.experiment_pad_multiple is not None:
+            flags += ["--experiment-pad-multiple", str(args.experiment_pad_multiple)]
+    if part == "cache":
+        flags += ["--cache-epochs", str(args.cache_epochs)]
+        if args.cache_train_samples:
+            flags += ["--cache-train-samples", str(args.cache_train_samples)]
+    return "python -m bench.throughput " + shlex.join(flags)
+
+
+def _print_table(columns: list[Column], rows: list[tuple[str, str, str]]) -> None:
+    width = max(16, *(len(c.title) + 2 for c in columns))
+    print(f"   {'':<34}" + "".join(f"{c.title:>{width}}" for c in columns))
+    for label, key, fmt in rows:
+        cells = "".join(f"{fmt.format(c.result[key]):>{width}}" for c in columns)
+        print(f"   {label:<34}{cells}")
+
+
+def _load_average() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().split()[0]
+    except OSError:
+        return "n/a"
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
