@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lib.backbone import SCRATCH_PRESETS
+from lib.cli import CliParser
 # The flag plumbing is train.py's own, so both scripts parse values and report bad flags alike.
-from lib.config import _ARG_TYPES, PRECISIONS, SCHEDULERS, TrainConfig, _csv_strings, _flag_type, _Parser
+from lib.config import _ARG_TYPES, PRECISIONS, SCHEDULERS, TrainConfig, _csv_strings, _flag_type
 from lib.errors import UserError
 from lib.preprocess import SPECIAL_PATTERNS
 
@@ -221,7 +222,7 @@ class PretrainInvocation:
 
 
 def build_pretrain_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="pretrain.py", description="Masked-language-model pretraining into a model folder that "
+    parser = CliParser(prog="pretrain.py", description="Masked-language-model pretraining into a model folder that "
                      "train.py --model fine-tunes like a hub model.")
     parser.add_argument("--resume", type=Path, default=None,
                         help="continue an interrupted <name>.incomplete folder from its last checkpoint "
