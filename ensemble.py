@@ -15,7 +15,6 @@ from lib.calibration import CALIBRATIONS, PRIOR_CORRECTIONS
 from lib.cli import CliParser, run_cli
 from lib.ensemble import vote
 from lib.ensemble_train import train_ensemble
-from lib.errors import UserError
 from lib.progress import progress_enabled
 from lib.trainer import StopRequest, TrainingInterrupted
 from lib.voting import AVERAGE_MODES

@@ -14,34 +14,33 @@ import shutil
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lib import amp, swa
-from lib.backbone import load_classifier, prepare_backbone, scratch_preset
 from lib.augment import augment_rows, parse_augment_spec
-from lib.batching import (EncodedTexts, collate, encode, load_ids, padded_width, padding_efficiency, save_ids, tokenize,
-                          trailing_special_tokens, training_batches, truncate)
-from lib.cache import DiskCache, texts_digest, tokenizer_digest
+from lib.backbone import load_classifier
+from lib.batching import EncodedTexts, collate, encode, padding_efficiency
 from lib.checkpoint import (CheckpointStore, atomic_directory, existing_directory, load_state, rng_state, save_state,
                             set_rng_state)
 from lib.config import TrainConfig
-from lib.data import Splits, class_distribution, load_splits
+from lib.data import Splits, class_distribution
 from lib.distributed import Distributed, init_distributed, shard
 from lib.errors import UserError
 from lib.evaluate import predict_logits
 from lib.logger import MetricsLogger
-from lib.losses import FocalLoss, auto_alpha
+from lib.losses import FocalLoss
 from lib.metrics import classification_metrics, classification_report, format_report
 from lib.optim import build_adamw
-from lib.plan import TrainingPlan, default_learning_rate, step_counts
+from lib.plan import TrainingPlan
 from lib.predict import predict_table, write_predictions
+from lib.prepare import Prepared, epoch_batches, prepare_new, prepare_resumed
 from lib.preprocess import TextPreprocessor
 from lib.progress import progress_bar
 from lib.run_folder import RunFolder, environment_record, finish, new_run_folder, open_unfinished
@@ -115,7 +114,7 @@ class LoopState:
 
 @dataclass
 class Session:
-    """Everything one run needs in memory, built by `train_new` or `resume`."""
+    """Everything one run needs in memory: the prepared inputs, where they go, how to run."""
 
     cfg: TrainConfig
     run: RunFolder
@@ -130,51 +129,34 @@ class Session:
     show_progress: bool
     ctx: Distributed
 
+    @classmethod
+    def of(cls, cfg: TrainConfig, run: RunFolder, prepared: Prepared, device: torch.device, show_progress: bool,
+           ctx: Distributed) -> "Session":
+        inputs = {f.name: getattr(prepared, f.name) for f in fields(prepared)}
+        inputs["model"] = prepared.model.to(device)
+        return cls(cfg=cfg, run=run, device=device, show_progress=show_progress, ctx=ctx, **inputs)
+
 
 def train_new(cfg: TrainConfig, *, overwrite: bool = False, show_progress: bool = False,
               argv: list[str] | None = None, stop: StopRequest | None = None) -> RunFolder:
-    """Train a new run from `cfg`; returns the finished run folder (on every rank under torchrun)."""
-    ctx, ddp_device = init_distributed(cfg.device, cfg.ddp_backend)
-    if ctx.enabled and not cfg.cache_dir:
-        raise UserError("--no-cache: under torchrun the processes share the tokenizer through the cache; "
-                        "give a --cache-dir")
-    device = ddp_device or amp.resolve_device(cfg.device)
-    precision = amp.resolve_precision(cfg.precision, device)
-    _seed_everything(cfg.seed)
-    splits = load_splits(cfg)
-    preprocessor = TextPreprocessor(cfg.unicode_normalization, cfg.max_char_repeat, cfg.special_patterns,
-                                    cfg.special_pattern_min_count, cfg.num_rare_words_to_remove)
-    train_texts = preprocessor.fit(splits.train.texts).transform(splits.train.texts)
-    val_texts = preprocessor.transform(splits.val.texts)
-    cache = DiskCache(Path(cfg.cache_dir) if cfg.cache_dir else None)
-    if not ctx.is_main:
-        ctx.barrier()  # rank 0 fills the cache first, so every rank gets the same tokenizer
-    tokenizer, model = prepare_backbone(cfg.model, train_texts, preprocessor.special_tokens, splits.num_labels,
-                                        splits.label_names, cfg.dropout_rate, cfg.scratch_vocab_size, cfg.seed, cache)
-    limit = _model_limit(model)
-    train_ids, val_ids = _tokenize_splits(cache, tokenizer, train_texts, val_texts, limit)
-    if ctx.is_main:
-        ctx.barrier()
-    _seed_everything(cfg.seed)  # dropout and order must not depend on what preparation drew (cache hits draw less)
-    max_length = _resolve_max_length(cfg, train_ids, limit)
-    train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, max_length)
-    plan = _make_plan(cfg, splits, preprocessor, max_length, device, precision, ctx.world_size,
-                      from_scratch=scratch_preset(cfg.model) is not None,
-                      micro_batches=_budget_micro_batches(cfg, train_data, ctx.world_size))
-    if cfg.swa_start is not None:
-        swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs))  # refuse a bad value before any folder
+    """Train a new run from `cfg`; returns the finished run folder (on every rank under torchrun).
 
+    Everything is read, checked and built in memory before the run folder exists, so bad input
+    leaves nothing behind.
+    """
+    ctx, ddp_device = init_distributed(cfg.device, cfg.ddp_backend)
+    device = ddp_device or amp.resolve_device(cfg.device)
+    prepared = prepare_new(cfg, ctx, device, amp.resolve_precision(cfg.precision, device))
     run = new_run_folder(cfg.output_dir, cfg.run_name, cfg.model, overwrite) if ctx.is_main else None
     try:
         if ctx.is_main:
             cfg.save(run.config)
-            run.write_json(run.plan, plan.to_dict())
+            run.write_json(run.plan, prepared.plan.to_dict())
             run.write_json(run.environment, environment_record(device, argv or [], ctx.world_size))
-            preprocessor.save(run.preprocessor)
-            tokenizer.save_pretrained(run.tokenizer)
+            prepared.preprocessor.save(run.preprocessor)
+            prepared.tokenizer.save_pretrained(run.tokenizer)
         run = RunFolder(Path(ctx.broadcast(str(run.path) if run else None)))
-        session = Session(cfg, run, plan, splits, preprocessor, tokenizer, model.to(device), train_data, val_data,
-                          device, show_progress and ctx.is_main, ctx)
+        session = Session.of(cfg, run, prepared, device, show_progress and ctx.is_main, ctx)
         return _fit(session, LoopState(), optimizer_state=None, scaler_state=None, overwrite=overwrite,
                     stop=stop or StopRequest())
     except BaseException:
@@ -188,31 +170,16 @@ def resume(path: Path, *, show_progress: bool = False, stop: StopRequest | None 
     run = open_unfinished(path)
     cfg = TrainConfig.load(run.config)
     state = load_state(run.training_state)
-    plan = TrainingPlan.load(run.plan)
     ctx, ddp_device = init_distributed(cfg.device, cfg.ddp_backend)
     if len(state["rng"]) != ctx.world_size:
         raise UserError(f"--resume: {run.path} was trained by {len(state['rng'])} process(es); "
                         f"resume it with the same number (this launch has {ctx.world_size})")
     device = ddp_device or amp.resolve_device(cfg.device)
-    splits = load_splits(cfg)
-    if splits.num_labels != plan.num_labels or len(splits.train) != sum(plan.train_class_counts):
-        raise UserError(f"--resume: the data behind {cfg.train_file} changed since {run.path} started")
-    preprocessor = TextPreprocessor.load(run.preprocessor)
-    tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
-    model = load_classifier(existing_directory(run.last), plan.num_labels, plan.label_names, None)
-    cache = DiskCache(Path(cfg.cache_dir) if cfg.cache_dir else None)
-    if not ctx.is_main:
-        ctx.barrier()
-    train_ids, val_ids = _tokenize_splits(cache, tokenizer, preprocessor.transform(splits.train.texts),
-                                          preprocessor.transform(splits.val.texts), _model_limit(model))
-    if ctx.is_main:
-        ctx.barrier()
-    train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, plan.max_length)
-    loop = LoopState(**state["loop"])
+    prepared = prepare_resumed(cfg, run, ctx)
     set_rng_state(state["rng"][ctx.rank])
-    session = Session(cfg, run, plan, splits, preprocessor, tokenizer, model.to(device), train_data, val_data,
-                      device, show_progress and ctx.is_main, ctx)
-    return _fit(session, loop, state["optimizer"], state["scaler"], overwrite=False, stop=stop or StopRequest())
+    session = Session.of(cfg, run, prepared, device, show_progress and ctx.is_main, ctx)
+    return _fit(session, LoopState(**state["loop"]), state["optimizer"], state["scaler"], overwrite=False,
+                stop=stop or StopRequest())
 
 
 def _fit(s: Session, loop: LoopState, optimizer_state: dict | None, scaler_state: dict | None,
@@ -263,7 +230,7 @@ class _RunLoop:
                 self.running_average = swa.restore_running_average(module, loop.swa_n_averaged)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         lengths = s.train_data.lengths
-        self.padding_efficiency = padding_efficiency(lengths, _epoch_batches(cfg, s.train_data, 0, 1))
+        self.padding_efficiency = padding_efficiency(lengths, epoch_batches(cfg, s.train_data, 0, 1))
         self.logger = MetricsLogger(s.run.path, resume_step=loop.global_step or None) if s.ctx.is_main else None
         self.log_file = _attach_log_file(s.run.path / "train.log") if s.ctx.is_main else None
         self.pending_loss = torch.zeros((), device=s.device)  # summed on the device; read when logging
@@ -288,7 +255,7 @@ class _RunLoop:
         self.model.train()
         epochs = math.ceil(cfg.num_train_epochs)
         while loop.global_step < plan.total_steps and loop.epoch < epochs and not loop.stop_training:
-            batches = _epoch_batches(cfg, s.train_data, loop.epoch, self.ctx.world_size)
+            batches = epoch_batches(cfg, s.train_data, loop.epoch, self.ctx.world_size)
             windows = [batches[i:i + cfg.gradient_accumulation_steps]
                        for i in range(0, len(batches), cfg.gradient_accumulation_steps)]
             for window in windows[loop.windows_done:]:
@@ -551,92 +518,6 @@ def _log_train(logger: MetricsLogger, loop: LoopState, plan: TrainingPlan, lr: f
                {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "samples_per_second": speed})
     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{speed:.0f}")
     loop.loss_since_log, loop.windows_since_log = 0.0, 0
-
-
-def _budget_micro_batches(cfg: TrainConfig, train_data: EncodedTexts, world_size: int) -> int | None:
-    """With --max-tokens-per-batch, the first epoch's number of micro-batches (None without a budget)."""
-    if cfg.max_tokens_per_batch is None:
-        return None
-    widest = padded_width(train_data.lengths.max())
-    if cfg.max_tokens_per_batch < widest:
-        raise UserError(f"--max-tokens-per-batch {cfg.max_tokens_per_batch}: the longest training text takes "
-                        f"{widest} padded tokens; give at least {widest} or a smaller --max-length")
-    return len(_epoch_batches(cfg, train_data, 0, world_size))
-
-
-def _epoch_batches(cfg: TrainConfig, train_data: EncodedTexts, epoch: int, world_size: int) -> list[np.ndarray]:
-    """Global micro-batches of one epoch: each process trains on its share of every one."""
-    budget = cfg.max_tokens_per_batch * world_size if cfg.max_tokens_per_batch else None
-    return training_batches(train_data.lengths, cfg.per_device_train_batch_size * world_size, cfg.seed, epoch,
-                            cfg.group_by_length, budget)
-
-
-def _make_plan(cfg: TrainConfig, splits: Splits, preprocessor: TextPreprocessor, max_length: int,
-               device: torch.device, precision: str, world_size: int, from_scratch: bool,
-               micro_batches: int | None) -> TrainingPlan:
-    train_counts = class_distribution(splits.train.labels, splits.num_labels)
-    alpha = cfg.focal_loss_alpha
-    if alpha == "auto":
-        alpha = auto_alpha(train_counts)
-    elif alpha is not None and len(alpha) != splits.num_labels:
-        raise UserError(f"--alpha: {len(alpha)} weights given, expected one per class ({splits.num_labels})")
-    micro, per_epoch, total, warmup = step_counts(cfg, len(splits.train), world_size, micro_batches)
-    if cfg.lr_scheduler_type == "constant" and warmup:
-        log.warning("--lr-scheduler-type constant ignores warmup (as in transformers); "
-                    "use constant_with_warmup to warm up")
-    return TrainingPlan(
-        num_labels=splits.num_labels, label_names=list(splits.label_names), train_class_counts=train_counts,
-        val_class_counts=class_distribution(splits.val.labels, splits.num_labels), max_length=max_length,
-        learning_rate=default_learning_rate(cfg, from_scratch), focal_alpha=list(alpha) if alpha else None,
-        special_tokens=preprocessor.special_tokens, device=str(device), precision=precision,
-        world_size=world_size, micro_batches_per_epoch=micro, steps_per_epoch=per_epoch, total_steps=total, warmup_steps=warmup)
-
-
-def _model_limit(model: PreTrainedModel) -> int:
-    return getattr(model.config, "max_position_embeddings", None) or 512
-
-
-def _tokenize_splits(cache: DiskCache, tokenizer: PreTrainedTokenizerBase, train_texts: list[str],
-                     val_texts: list[str], limit: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Token ids of both splits at the model's limit, from the cache when the same texts were seen."""
-    def build(folder: Path) -> None:
-        started = time.perf_counter()
-        save_ids(folder / "train.npz", tokenize(tokenizer, train_texts, limit))
-        save_ids(folder / "val.npz", tokenize(tokenizer, val_texts, limit))
-        log.info("tokenised %d texts in %.1f s", len(train_texts) + len(val_texts), time.perf_counter() - started)
-
-    description = {"train": texts_digest(train_texts), "val": texts_digest(val_texts),
-                   "tokenizer": tokenizer_digest(tokenizer), "limit": limit}
-    return cache.load_or_build("tokenized", description, build,
-                               lambda folder: (load_ids(folder / "train.npz"), load_ids(folder / "val.npz")))
-
-
-def _truncated_splits(tokenizer: PreTrainedTokenizerBase, splits: Splits, train_ids: list[np.ndarray],
-                      val_ids: list[np.ndarray], max_length: int) -> tuple[EncodedTexts, EncodedTexts]:
-    trailing = trailing_special_tokens(tokenizer)
-    return (EncodedTexts(truncate(train_ids, max_length, trailing), splits.train.labels, tokenizer.pad_token_id),
-            EncodedTexts(truncate(val_ids, max_length, trailing), splits.val.labels, tokenizer.pad_token_id))
-
-
-def _resolve_max_length(cfg: TrainConfig, train_ids: list[np.ndarray], limit: int) -> int:
-    if cfg.max_length != "auto":
-        if cfg.max_length > limit:
-            raise UserError(f"--max-length {cfg.max_length}: the model accepts at most {limit} tokens")
-        return int(cfg.max_length)
-    lengths = np.array([len(ids) for ids in train_ids])
-    length = int(math.ceil(np.percentile(lengths, cfg.max_length_percentile) / 8) * 8)
-    length = max(8, min(length, limit))
-    log.info("max length %d tokens (p%g of training lengths; mean %.1f, longest %d)",
-             length, cfg.max_length_percentile, float(lengths.mean()), lengths.max())
-    return length
-
-
-def _seed_everything(seed: int) -> None:
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _attach_log_file(path: Path) -> tuple[logging.Handler, int]:

@@ -17,7 +17,7 @@ from lib.trainer import train_new
 from tests.conftest import tiny_config, write_reviews
 
 # tests.conftest.tiny_config as flags, with a shorter schedule that still learns the toy task
-TINY = ["--scratch-vocab-size", "200", "--val-size", "0.25", "--epochs", "3", "--batch-size", "8",
+TINY = ["--scratch-vocab-size", "200", "--val-size", "0.25", "--epochs", "4", "--batch-size", "8",
         "--lr", "2e-3", "--warmup-ratio", "0.1", "--logging-steps", "5", "--seed", "7", "--quiet"]
 
 
@@ -61,7 +61,7 @@ def test_train_makes_one_run_per_member_and_skips_the_one_that_cannot_load(train
     assert {p.name for p in data["runs"].iterdir()} - {"cache"} == {"e2e-scratch-tiny", "other"}
     assert (path / "result.json").is_file() and (path / "tokenizer").is_dir()
     config = json.loads((path / "config.json").read_text())
-    assert config["num_train_epochs"] == 3 and config["seed"] == 7  # the shared flags reached the member
+    assert config["num_train_epochs"] == 4 and config["seed"] == 7  # the shared flags reached the member
     assert json.loads((path / "result.json").read_text())["best"]["accuracy"] > 0.5  # chance is 0.25
     ids = [np.load(member / "val_logits.npz")["ids"].tolist() for member in trained[0]]
     assert ids[0] == ids[1] and len(ids[0]) == 60

@@ -143,7 +143,7 @@ def test_unknown_parameter_names_are_refused_with_a_suggestion():
 
 def test_the_users_seed_sweep_parses_against_the_training_fields():
     space = load_sweep_config(SEED, known_parameters=TRAIN_FIELDS)
-    assert len(space.parameters) == 11
+    assert len(space.searched) == 11 and space.constants == {"model": "klue/bert-base"}
     assert space.method == "bayes"
     assert (space.metric.name, space.metric.goal) == ("eval_loss", "minimize")
     assert dict(space.extra) == {"program": "train.py"}
