@@ -12,11 +12,12 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from lib.augment import parse_augment_spec
 from lib.cli import CliParser
 from lib.errors import UserError
+from lib.options import add_options, coerce, csv_strings, option, optional, parse_bool, to_dict
 from lib.preprocess import SPECIAL_PATTERNS
 
 NSMC4_LABEL_NAMES = ("강한 부정", "약한 부정", "약한 긍정", "강한 긍정")
@@ -25,17 +26,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSSES = ("auto", "ce", "focal")
 SELECTION_METRICS = ("loss", "accuracy", "macro_f1")
 KEEP_CHOICES = ("auto", "best", "swa")
-
-
-def _option(help: str, group: str, *, aliases: Sequence[str] = (), choices: Sequence[str] | None = None,
-            parse: Callable[[str], Any] | None = None, metavar: str | None = None) -> dict:
-    """Metadata that turns a dataclass field into a documented command-line option."""
-    return {"help": help, "group": group, "aliases": tuple(aliases), "choices": choices,
-            "parse": parse, "metavar": metavar}
-
-
-def _csv_strings(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def _alpha(text: str) -> str | tuple[float, ...] | None:
@@ -60,185 +50,168 @@ def _max_length(text: str) -> str | int:
         raise UserError(f"--max-length: expected 'auto' or a whole number, got {text!r}") from None
 
 
-def _optional_int(text: str) -> int | None:
-    return None if str(text).strip().lower() in ("", "none") else int(text)
-
-
-def _optional_str(text: str) -> str | None:
-    return None if str(text).strip().lower() in ("", "none") else str(text)
-
-
-def _bool(text: str) -> bool:
-    lowered = str(text).strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Every option of one fine-tuning run. Field names are the user's own HF-style keys."""
 
     # data
-    train_file: str = field(default="data/train.csv", metadata=_option(
+    train_file: str = field(default="data/train.csv", metadata=option(
         "CSV with the training rows (ID, text, label columns)", "data"))
-    val_file: str | None = field(default=None, metadata=_option(
-        "CSV with validation rows; default: a stratified split of --train-file", "data", parse=_optional_str))
-    test_file: str | None = field(default=None, metadata=_option(
+    val_file: str | None = field(default=None, metadata=option(
+        "CSV with validation rows; default: a stratified split of --train-file", "data", parse=optional(str)))
+    test_file: str | None = field(default=None, metadata=option(
         "CSV to predict after training; writes submission.csv into the run folder", "data",
-        parse=_optional_str))
-    id_column: str = field(default="ID", metadata=_option("name of the row-id column", "data"))
-    text_column: str = field(default="review", metadata=_option("name of the text column", "data"))
-    label_column: str = field(default="label", metadata=_option("name of the integer label column", "data"))
-    val_size: float = field(default=0.1, metadata=_option(
+        parse=optional(str)))
+    id_column: str = field(default="ID", metadata=option("name of the row-id column", "data"))
+    text_column: str = field(default="review", metadata=option("name of the text column", "data"))
+    label_column: str = field(default="label", metadata=option("name of the integer label column", "data"))
+    val_size: float = field(default=0.1, metadata=option(
         "fraction of --train-file held out for validation (stratified)", "data"))
-    split_seed: int = field(default=42, metadata=_option(
+    split_seed: int = field(default=42, metadata=option(
         "seed of the validation split, folds and --max-train-samples; apart from --seed, so runs that differ "
         "only in --seed are scored on the same rows (ensembles of seeds)", "data"))
-    num_folds: int | None = field(default=None, metadata=_option(
+    num_folds: int | None = field(default=None, metadata=option(
         "cross-validation: split --train-file into this many stratified folds (instead of --val-size)", "data",
-        parse=_optional_int))
-    fold: int = field(default=0, metadata=_option(
+        parse=optional(int)))
+    fold: int = field(default=0, metadata=option(
         "with --num-folds: which fold (0-based) is the validation split", "data"))
-    max_train_samples: int | None = field(default=None, metadata=_option(
-        "use only this many training rows (stratified), for quick runs", "data", parse=_optional_int))
-    num_labels: int | None = field(default=None, metadata=_option(
-        "number of classes K; default: inferred as max(label)+1", "data", parse=_optional_int))
-    label_names: tuple[str, ...] = field(default=NSMC4_LABEL_NAMES, metadata=_option(
-        "comma-separated class names for reports, one per label 0..K-1", "data", parse=_csv_strings))
+    max_train_samples: int | None = field(default=None, metadata=option(
+        "use only this many training rows (stratified), for quick runs", "data", parse=optional(int)))
+    num_labels: int | None = field(default=None, metadata=option(
+        "number of classes K; default: inferred as max(label)+1", "data", parse=optional(int)))
+    label_names: tuple[str, ...] = field(default=NSMC4_LABEL_NAMES, metadata=option(
+        "comma-separated class names for reports, one per label 0..K-1", "data", parse=csv_strings))
 
     # preprocessing
-    unicode_normalization: str = field(default="NFC", metadata=_option(
+    unicode_normalization: str = field(default="NFC", metadata=option(
         "Unicode normal form applied to every text", "preprocessing", choices=("NFC", "NFKC", "none")))
-    max_char_repeat: int = field(default=3, metadata=_option(
+    max_char_repeat: int = field(default=3, metadata=option(
         "squash runs of one character longer than this (ㅋㅋㅋㅋㅋ, !!!!!); 0 = off", "preprocessing"))
-    special_patterns: tuple[str, ...] = field(default=("url", "email", "redacted"), metadata=_option(
+    special_patterns: tuple[str, ...] = field(default=("url", "email", "redacted"), metadata=option(
         "comma-separated patterns replaced by special tokens (url, email, redacted); empty = none",
-        "preprocessing", parse=_csv_strings))
-    special_pattern_min_count: int = field(default=3, metadata=_option(
+        "preprocessing", parse=csv_strings))
+    special_pattern_min_count: int = field(default=3, metadata=option(
         "a pattern becomes a special token only if it occurs this often in the training split",
         "preprocessing"))
-    num_rare_words_to_remove: int = field(default=0, metadata=_option(
+    num_rare_words_to_remove: int = field(default=0, metadata=option(
         "drop words seen at most N times in the training split (0 = off)", "preprocessing"))
-    max_length: str | int = field(default="auto", metadata=_option(
+    max_length: str | int = field(default="auto", metadata=option(
         "token limit per text; auto = the --max-length-percentile of training lengths", "preprocessing",
         parse=_max_length))
-    max_length_percentile: float = field(default=99.0, metadata=_option(
+    max_length_percentile: float = field(default=99.0, metadata=option(
         "percentile of training token lengths used by --max-length auto", "preprocessing"))
 
     # model
-    model: str = field(default="scratch:mini", metadata=_option(
+    model: str = field(default="scratch:mini", metadata=option(
         "hub id, local folder, or scratch:tiny|mini|small|medium (a BERT built here, offline)", "model"))
-    dropout_rate: float | None = field(default=None, metadata=_option(
+    dropout_rate: float | None = field(default=None, metadata=option(
         "hidden and attention dropout; default: the model's own", "model",
-        parse=lambda text: None if text.lower() == "none" else float(text)))
-    scratch_vocab_size: int = field(default=12000, metadata=_option(
+        parse=optional(float)))
+    scratch_vocab_size: int = field(default=12000, metadata=option(
         "WordPiece vocabulary size for scratch: models, trained on the training split", "model"))
 
     # optimisation
-    learning_rate: float | None = field(default=None, metadata=_option(
+    learning_rate: float | None = field(default=None, metadata=option(
         "peak learning rate; default: 5e-5 for pretrained models, 1e-3 for scratch: models", "optimisation",
-        aliases=("--lr",), parse=lambda text: None if text.lower() == "none" else float(text)))
-    num_train_epochs: float = field(default=3.0, metadata=_option(
+        aliases=("--lr",), parse=optional(float)))
+    num_train_epochs: float = field(default=3.0, metadata=option(
         "number of epochs (a fraction trains part of the last one)", "optimisation", aliases=("--epochs",)))
-    per_device_train_batch_size: int = field(default=32, metadata=_option(
+    per_device_train_batch_size: int = field(default=32, metadata=option(
         "training micro-batch size", "optimisation", aliases=("--batch-size",)))
-    per_device_eval_batch_size: int = field(default=256, metadata=_option(
+    per_device_eval_batch_size: int = field(default=256, metadata=option(
         "evaluation and prediction batch size", "optimisation"))
-    max_tokens_per_batch: int | None = field(default=None, metadata=_option(
+    max_tokens_per_batch: int | None = field(default=None, metadata=option(
         "also cap each training micro-batch at this many padded tokens (rows x width), so short texts "
-        "travel in larger batches", "optimisation", parse=_optional_int))
-    gradient_accumulation_steps: int = field(default=1, metadata=_option(
+        "travel in larger batches", "optimisation", parse=optional(int)))
+    gradient_accumulation_steps: int = field(default=1, metadata=option(
         "micro-batches per optimizer step (the last partial group is averaged over its real size)",
         "optimisation"))
-    weight_decay: float = field(default=0.0, metadata=_option(
+    weight_decay: float = field(default=0.0, metadata=option(
         "AdamW weight decay; never applied to biases and LayerNorm weights (1-D tensors)", "optimisation"))
-    adam_beta1: float = field(default=0.9, metadata=_option("AdamW beta1", "optimisation"))
-    adam_beta2: float = field(default=0.999, metadata=_option("AdamW beta2", "optimisation"))
-    adam_epsilon: float = field(default=1e-8, metadata=_option("AdamW epsilon", "optimisation"))
-    max_grad_norm: float = field(default=1.0, metadata=_option(
+    adam_beta1: float = field(default=0.9, metadata=option("AdamW beta1", "optimisation"))
+    adam_beta2: float = field(default=0.999, metadata=option("AdamW beta2", "optimisation"))
+    adam_epsilon: float = field(default=1e-8, metadata=option("AdamW epsilon", "optimisation"))
+    max_grad_norm: float = field(default=1.0, metadata=option(
         "clip the global gradient norm to this; 0 = no clipping (the norm is still logged)", "optimisation"))
-    lr_scheduler_type: str = field(default="linear", metadata=_option(
+    lr_scheduler_type: str = field(default="linear", metadata=option(
         "learning-rate schedule (constant ignores warmup, as in transformers)", "optimisation",
         choices=SCHEDULERS))
-    warmup_steps: int = field(default=0, metadata=_option(
+    warmup_steps: int = field(default=0, metadata=option(
         "optimizer steps of linear warmup from 0", "optimisation"))
-    warmup_ratio: float = field(default=0.0, metadata=_option(
+    warmup_ratio: float = field(default=0.0, metadata=option(
         "warmup as a fraction of all optimizer steps (rounded up); used when --warmup-steps is 0",
         "optimisation"))
 
     # loss
-    loss: str = field(default="auto", metadata=_option(
+    loss: str = field(default="auto", metadata=option(
         "ce or focal; auto = focal when --gamma > 0 or --alpha is set, else cross entropy", "loss",
         choices=LOSSES))
-    focal_loss_gamma: float = field(default=0.0, metadata=_option(
+    focal_loss_gamma: float = field(default=0.0, metadata=option(
         "focal loss gamma (0 with no alpha is exactly cross entropy)", "loss", aliases=("--gamma",)))
-    focal_loss_alpha: str | tuple[float, ...] | None = field(default=None, metadata=_option(
+    focal_loss_alpha: str | tuple[float, ...] | None = field(default=None, metadata=option(
         "per-class focal weights: comma-separated, 'auto' (inverse training frequency) or 'none'", "loss",
         aliases=("--alpha",), parse=_alpha))
-    label_smoothing_factor: float = field(default=0.0, metadata=_option(
+    label_smoothing_factor: float = field(default=0.0, metadata=option(
         "label smoothing epsilon, combined with focal loss when both are set", "loss"))
 
-    augment: str = field(default="none", metadata=_option(
+    augment: str = field(default="none", metadata=option(
         "on-the-fly noise for training texts, per-unit probabilities, e.g. "
         "spacing=0.1,repeat=0.05,jamo=0.05,delete=0.05,swap=0.05 (never applied to validation or test)",
         "preprocessing"))
 
     # evaluation, selection, stopping
-    eval_steps: int | None = field(default=None, metadata=_option(
-        "evaluate every N optimizer steps as well as at each epoch end", "evaluation", parse=_optional_int))
-    metric_for_best_model: str = field(default="loss", metadata=_option(
+    eval_steps: int | None = field(default=None, metadata=option(
+        "evaluate every N optimizer steps as well as at each epoch end", "evaluation", parse=optional(int)))
+    metric_for_best_model: str = field(default="loss", metadata=option(
         "validation metric that picks best/: loss, accuracy or macro_f1 (eval_ prefix accepted)",
         "evaluation"))
-    early_stopping_patience: int | None = field(default=None, metadata=_option(
+    early_stopping_patience: int | None = field(default=None, metadata=option(
         "stop after this many evaluations without a val-loss improvement; default: off", "evaluation",
-        parse=_optional_int))
-    early_stopping_threshold: float = field(default=0.0, metadata=_option(
+        parse=optional(int)))
+    early_stopping_threshold: float = field(default=0.0, metadata=option(
         "a val-loss improvement must exceed this (absolute) to reset patience", "evaluation"))
-    max_loss_increase: float | None = field(default=None, metadata=_option(
+    max_loss_increase: float | None = field(default=None, metadata=option(
         "select only among checkpoints whose val loss is within this fraction of the lowest seen "
         "(with --metric-for-best-model accuracy: the best accuracy that has not over-fitted)", "evaluation",
-        parse=lambda text: None if text.lower() == "none" else float(text)))
-    logging_steps: int = field(default=50, metadata=_option(
+        parse=optional(float)))
+    logging_steps: int = field(default=50, metadata=option(
         "log train/loss, lr and grad norm every N optimizer steps", "evaluation"))
 
     # weight averaging
-    swa_last_k: int = field(default=0, metadata=_option(
+    swa_last_k: int = field(default=0, metadata=option(
         "after training, average the weights of the last K epoch ends into swa/ (0 = off)", "averaging"))
-    swa_start: float | None = field(default=None, metadata=_option(
+    swa_start: float | None = field(default=None, metadata=option(
         "average during training from this epoch on (1-based epoch, or a fraction of the epochs)", "averaging",
-        parse=lambda text: None if text.lower() == "none" else float(text)))
-    swa_lr: float | None = field(default=None, metadata=_option(
+        parse=optional(float)))
+    swa_lr: float | None = field(default=None, metadata=option(
         "with --swa-start: anneal the learning rate to this value from the start of averaging (SWALR)",
-        "averaging", parse=lambda text: None if text.lower() == "none" else float(text)))
-    swa_anneal_steps: int | None = field(default=None, metadata=_option(
+        "averaging", parse=optional(float)))
+    swa_anneal_steps: int | None = field(default=None, metadata=option(
         "with --swa-lr: optimizer steps of cosine annealing to it; default one epoch", "averaging",
-        parse=_optional_int))
-    keep: str = field(default="auto", metadata=_option(
+        parse=optional(int)))
+    keep: str = field(default="auto", metadata=option(
         "model predict.py uses: best, swa, or auto = the better of both by --metric-for-best-model",
         "averaging", choices=KEEP_CHOICES))
 
     # run
-    seed: int = field(default=42, metadata=_option("seed for the model init, dropout and batch order", "run"))
-    precision: str = field(default="auto", metadata=_option(
+    seed: int = field(default=42, metadata=option("seed for the model init, dropout and batch order", "run"))
+    precision: str = field(default="auto", metadata=option(
         "auto = fp16 + GradScaler on CUDA (bf16 where supported), fp32 on CPU", "run", choices=PRECISIONS))
-    device: str = field(default="auto", metadata=_option("auto, cpu or cuda[:N]", "run"))
-    ddp_backend: str = field(default="auto", metadata=_option(
+    device: str = field(default="auto", metadata=option("auto, cpu or cuda[:N]", "run"))
+    ddp_backend: str = field(default="auto", metadata=option(
         "process-group backend under torchrun: auto = nccl on CUDA, gloo on CPU", "run",
         choices=("auto", "gloo", "nccl")))
-    compile: bool = field(default=False, metadata=_option(
+    compile: bool = field(default=False, metadata=option(
         "torch.compile the model for training (dynamic shapes); measured slower on 2 CPU cores, see README",
-        "run", parse=_bool))
-    group_by_length: bool = field(default=True, metadata=_option(
-        "length-grouped training batches (dynamic padding is always on)", "run", parse=_bool))
-    output_dir: str = field(default="runs", metadata=_option("folder that holds run folders", "run"))
-    cache_dir: str | None = field(default="cache", metadata=_option(
+        "run", parse=parse_bool))
+    group_by_length: bool = field(default=True, metadata=option(
+        "length-grouped training batches (dynamic padding is always on)", "run", parse=parse_bool))
+    output_dir: str = field(default="runs", metadata=option("folder that holds run folders", "run"))
+    cache_dir: str | None = field(default="cache", metadata=option(
         "folder caching tokenised splits and scratch tokenizers across runs (--no-cache: off)", "run",
-        parse=_optional_str))
-    run_name: str | None = field(default=None, metadata=_option(
-        "run folder name; default: <date>-<time>-<model>", "run", parse=_optional_str))
+        parse=optional(str)))
+    run_name: str | None = field(default=None, metadata=option(
+        "run folder name; default: <date>-<time>-<model>", "run", parse=optional(str)))
 
     def __post_init__(self) -> None:
         self._validate()
@@ -338,51 +311,23 @@ class TrainConfig:
         return self.loss == "focal"
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return to_dict(self)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
-        return cls(**_coerce(values, source))
+        return cls(**coerce(cls, values, source, "python train.py --help"))
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
         return cls.from_dict(read_config_file(path), source=str(path))
 
 
-def _jsonable(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
 def option_names() -> set[str]:
     """Field names a config file, a sweep parameter or a flag may set."""
     return {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def _coerce(values: dict[str, Any], source: str) -> dict[str, Any]:
-    """Convert values read from JSON/YAML (or a sweep) exactly as the same flag would be converted."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    coerced = {}
-    for raw_key, value in values.items():
-        key = raw_key.replace("-", "_")
-        if key not in fields:
-            raise UserError(f"{source}: unknown option {raw_key!r} (see python train.py --help)")
-        if value is None:
-            coerced[key] = None
-            continue
-        text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
-        try:
-            coerced[key] = _converter(fields[key])(text)
-        except (TypeError, ValueError):
-            flag = "--" + key.replace("_", "-")
-            raise UserError(f"{source}: {flag} expected {fields[key].type}, got {value!r}") from None
-    return coerced
-
-
-def _converter(f: dataclasses.Field) -> Callable[[str], Any]:
-    return f.metadata["parse"] or _ARG_TYPES.get(f.type, str)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -417,31 +362,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
     parser.add_argument("--quiet", action="store_true", help="no progress bars, only summary lines")
     parser.add_argument("--no-cache", action="store_true", help="tokenise from scratch; same as --cache-dir none")
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in dataclasses.fields(TrainConfig):
-        meta = f.metadata
-        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        flags = ["--" + f.name.replace("_", "-"), *meta["aliases"]]
-        default = f.default
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, type=_flag_type(flags[0], _converter(f)),
-                           choices=meta["choices"], metavar=meta["metavar"],
-                           help=f"{meta['help']} (default: {shown})")
+    add_options(parser, TrainConfig)
     return parser
-
-
-_ARG_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": _bool}
-
-
-def _flag_type(flag: str, parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"expected {getattr(parse, '__name__', 'a value')}, got {text!r}")
-
-    convert.__name__ = flag
-    return convert
 
 
 @dataclass(frozen=True)
@@ -466,7 +388,8 @@ def parse_train_args(argv: Sequence[str]) -> TrainInvocation:
             raise UserError("--resume: takes its options from the run folder; give no other options "
                             f"(got {', '.join('--' + k.replace('_', '-') for k in options) or '--config'})")
         return TrainInvocation(None, args.resume, args.overwrite, args.quiet)
-    values = _coerce(read_config_file(args.config), str(args.config)) if args.config else {}
+    values = coerce(TrainConfig, read_config_file(args.config), str(args.config), "python train.py --help") \
+        if args.config else {}
     values.update(options)
     return TrainInvocation(TrainConfig(**values), None, args.overwrite, args.quiet)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -50,3 +51,23 @@ def _step_of(line: str) -> int:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):  # a torn last line from a killed process
         return 1 << 62
+
+
+def attach_log_file(path: Path) -> tuple[logging.Handler, int]:
+    """Copy the run's INFO lines into train.log, also when the caller configured no logging."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("lib")
+    previous = logger.level
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return handler, previous
+
+
+def detach_log_file(attached: tuple[logging.Handler, int]) -> None:
+    handler, previous = attached
+    logger = logging.getLogger("lib")
+    logger.removeHandler(handler)
+    logger.setLevel(previous)
+    handler.close()

@@ -14,13 +14,13 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from lib.backbone import SCRATCH_PRESETS
 from lib.cli import CliParser
-# The flag plumbing is train.py's own, so both scripts parse values and report bad flags alike.
-from lib.config import _ARG_TYPES, PRECISIONS, SCHEDULERS, TrainConfig, _csv_strings, _flag_type
+from lib.config import PRECISIONS, SCHEDULERS, TrainConfig
 from lib.errors import UserError
+from lib.options import add_options, csv_strings, option, optional, to_dict
 from lib.preprocess import SPECIAL_PATTERNS
 
 NORMALIZATIONS = ("NFC", "NFKC", "none")
@@ -28,112 +28,96 @@ SCRATCH_LEARNING_RATE = 5e-4
 PRETRAINED_LEARNING_RATE = 5e-5
 
 
-def _option(help: str, group: str, *, parse: Callable[[str], Any] | None = None, nargs: str | None = None,
-            choices: Sequence[str] | None = None, flag: bool = False, shown: str | None = None) -> dict:
-    """Metadata that turns a dataclass field into a documented flag (`flag`: takes no value; `shown`:
-    the default as --help states it, when the value alone would not say it)."""
-    return {"help": help, "group": group, "parse": parse, "nargs": nargs, "choices": choices, "flag": flag,
-            "shown": shown}
-
-
-def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        return None if str(text).strip().lower() in ("", "none") else parse(text)
-
-    convert.__name__ = getattr(parse, "__name__", "value")
-    return convert
-
-
 @dataclass(frozen=True)
 class PretrainConfig:
     """Every option of one masked-language-model pretraining run."""
 
     # data
-    texts: tuple[str, ...] = field(default=(), metadata=_option(
+    texts: tuple[str, ...] = field(default=(), metadata=option(
         "CSV files (.csv or .csv.gz) whose text column is pretraining text; exact duplicates are dropped",
         "data", nargs="+", shown="required"))
-    text_column: str = field(default="review", metadata=_option("name of the text column in every file", "data"))
-    eval_texts: int = field(default=2000, metadata=_option(
+    text_column: str = field(default="review", metadata=option("name of the text column in every file", "data"))
+    eval_texts: int = field(default=2000, metadata=option(
         "texts held out (chosen with the seed) for the held-out MLM loss and masked-token accuracy", "data"))
-    max_length: int = field(default=128, metadata=_option(
+    max_length: int = field(default=128, metadata=option(
         "tokens per packed sequence [CLS] review [SEP] review [SEP] ...", "data"))
-    unicode_normalization: str = field(default=TrainConfig.unicode_normalization, metadata=_option(
+    unicode_normalization: str = field(default=TrainConfig.unicode_normalization, metadata=option(
         "Unicode normal form applied to every text, as train.py does", "data", choices=NORMALIZATIONS))
-    max_char_repeat: int = field(default=TrainConfig.max_char_repeat, metadata=_option(
+    max_char_repeat: int = field(default=TrainConfig.max_char_repeat, metadata=option(
         "squash runs of one character longer than this (as train.py does); 0 = off", "data"))
-    special_patterns: tuple[str, ...] = field(default=TrainConfig.special_patterns, metadata=_option(
+    special_patterns: tuple[str, ...] = field(default=TrainConfig.special_patterns, metadata=option(
         "comma-separated patterns replaced by special tokens, as train.py does (url, email, redacted)",
-        "data", parse=_csv_strings))
+        "data", parse=csv_strings))
 
     # model
-    preset: str | None = field(default="mini", metadata=_option(
+    preset: str | None = field(default="mini", metadata=option(
         "from scratch: a BERT of this size (" + ", ".join(SCRATCH_PRESETS) + ") with a WordPiece tokenizer "
         "trained on the texts", "model", choices=tuple(SCRATCH_PRESETS), shown="mini, unless --init is given"))
-    init: str | None = field(default=None, metadata=_option(
+    init: str | None = field(default=None, metadata=option(
         "continue pretraining a hub id or local model folder with an MLM head (replaces --preset)", "model",
         shown="none"))
-    vocab_size: int = field(default=TrainConfig.scratch_vocab_size, metadata=_option(
+    vocab_size: int = field(default=TrainConfig.scratch_vocab_size, metadata=option(
         "WordPiece vocabulary size of a --preset model", "model"))
 
     # masking
-    mlm_probability: float = field(default=0.15, metadata=_option(
+    mlm_probability: float = field(default=0.15, metadata=option(
         "fraction of ordinary tokens predicted (of them 80% [MASK], 10% random, 10% unchanged)", "masking"))
-    whole_word_masking: bool = field(default=False, metadata=_option(
+    whole_word_masking: bool = field(default=False, metadata=option(
         "mask every piece of a word together (words end at spaces)", "masking", flag=True))
 
     # optimisation
-    learning_rate: float | None = field(default=None, metadata=_option(
-        "peak learning rate", "optimisation", parse=_optional(float),
+    learning_rate: float | None = field(default=None, metadata=option(
+        "peak learning rate", "optimisation", parse=optional(float),
         shown=f"{SCRATCH_LEARNING_RATE:g} with --preset, {PRETRAINED_LEARNING_RATE:g} with --init"))
-    batch_size: int = field(default=32, metadata=_option("packed sequences per micro-batch", "optimisation"))
-    gradient_accumulation_steps: int = field(default=1, metadata=_option(
+    batch_size: int = field(default=32, metadata=option("packed sequences per micro-batch", "optimisation"))
+    gradient_accumulation_steps: int = field(default=1, metadata=option(
         "micro-batches per optimizer step (the loss is averaged over all masked tokens of the window)",
         "optimisation"))
-    weight_decay: float = field(default=0.01, metadata=_option(
+    weight_decay: float = field(default=0.01, metadata=option(
         "AdamW weight decay; never applied to biases and LayerNorm weights (1-D tensors)", "optimisation"))
-    adam_beta1: float = field(default=0.9, metadata=_option("AdamW beta1", "optimisation"))
-    adam_beta2: float = field(default=0.999, metadata=_option("AdamW beta2", "optimisation"))
-    adam_epsilon: float = field(default=1e-8, metadata=_option("AdamW epsilon", "optimisation"))
-    max_grad_norm: float = field(default=1.0, metadata=_option(
+    adam_beta1: float = field(default=0.9, metadata=option("AdamW beta1", "optimisation"))
+    adam_beta2: float = field(default=0.999, metadata=option("AdamW beta2", "optimisation"))
+    adam_epsilon: float = field(default=1e-8, metadata=option("AdamW epsilon", "optimisation"))
+    max_grad_norm: float = field(default=1.0, metadata=option(
         "clip the global gradient norm to this; 0 = no clipping (the norm is still logged)", "optimisation"))
-    lr_scheduler_type: str = field(default="linear", metadata=_option(
+    lr_scheduler_type: str = field(default="linear", metadata=option(
         "learning-rate schedule (constant ignores warmup, as in transformers)", "optimisation", choices=SCHEDULERS))
-    warmup_steps: int = field(default=0, metadata=_option(
+    warmup_steps: int = field(default=0, metadata=option(
         "optimizer steps of linear warmup from 0", "optimisation"))
-    warmup_ratio: float = field(default=0.06, metadata=_option(
+    warmup_ratio: float = field(default=0.06, metadata=option(
         "warmup as a fraction of all optimizer steps (rounded up); used when --warmup-steps is 0", "optimisation"))
 
     # budget
-    max_steps: int | None = field(default=None, metadata=_option(
-        "stop after this many optimizer steps", "budget", parse=_optional(int), shown="none"))
-    epochs: float | None = field(default=None, metadata=_option(
-        "stop after this many passes over the texts", "budget", parse=_optional(float),
+    max_steps: int | None = field(default=None, metadata=option(
+        "stop after this many optimizer steps", "budget", parse=optional(int), shown="none"))
+    epochs: float | None = field(default=None, metadata=option(
+        "stop after this many passes over the texts", "budget", parse=optional(float),
         shown="1 when no other budget is given, else none"))
-    max_minutes: float | None = field(default=None, metadata=_option(
+    max_minutes: float | None = field(default=None, metadata=option(
         "wall-clock budget of the whole run, preparation included; the schedule's length is fixed from the "
         "speed measured on the first micro-batches, and the budget is also a hard stop", "budget",
-        parse=_optional(float), shown="none"))
+        parse=optional(float), shown="none"))
 
     # evaluation and logging
-    eval_steps: int = field(default=500, metadata=_option(
+    eval_steps: int = field(default=500, metadata=option(
         "evaluate on the held-out texts and save a checkpoint every N optimizer steps", "evaluation"))
-    eval_batch_size: int = field(default=64, metadata=_option("packed sequences per evaluation batch", "evaluation"))
-    logging_steps: int = field(default=50, metadata=_option(
+    eval_batch_size: int = field(default=64, metadata=option("packed sequences per evaluation batch", "evaluation"))
+    logging_steps: int = field(default=50, metadata=option(
         "log train/loss, lr, grad norm and tokens/s every N optimizer steps", "evaluation"))
 
     # run
-    out: str = field(default="", metadata=_option(
+    out: str = field(default="", metadata=option(
         "output model folder, e.g. models/<name> (written as <name>.incomplete, renamed when done)", "run",
         shown="required"))
-    seed: int = field(default=42, metadata=_option(
+    seed: int = field(default=42, metadata=option(
         "seed for the held-out slice, packing order, initial weights, masks and dropout", "run"))
-    precision: str = field(default="auto", metadata=_option(
+    precision: str = field(default="auto", metadata=option(
         "auto = bf16 on CUDA GPUs that support it, fp16 + GradScaler on older ones, fp32 on CPU", "run",
         choices=PRECISIONS))
-    device: str = field(default="auto", metadata=_option("auto, cpu or cuda[:N]", "run"))
-    cache_dir: str | None = field(default="cache", metadata=_option(
+    device: str = field(default="auto", metadata=option("auto, cpu or cuda[:N]", "run"))
+    cache_dir: str | None = field(default="cache", metadata=option(
         "folder caching the trained tokenizer and the token ids across runs (--no-cache: off)", "run",
-        parse=_optional(str)))
+        parse=optional(str)))
 
     def __post_init__(self) -> None:
         def bad(flag: str, expected: str) -> None:
@@ -191,8 +175,7 @@ class PretrainConfig:
         return self.init if self.init is not None else f"scratch:{self.preset}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v
-                for f in dataclasses.fields(self)}
+        return to_dict(self)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -231,19 +214,7 @@ def build_pretrain_parser() -> argparse.ArgumentParser:
                         help="replace an existing output folder of the same name (default: off)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar, only log lines (default: off)")
     parser.add_argument("--no-cache", action="store_true", help="same as --cache-dir none (default: off)")
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in dataclasses.fields(PretrainConfig):
-        meta = f.metadata
-        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        flag = "--" + f.name.replace("_", "-")
-        shown = meta["shown"] or (",".join(f.default) if isinstance(f.default, tuple) else f.default)
-        help_text = f"{meta['help']} (default: {'off' if meta['flag'] else shown})".replace("%", "%%")
-        if meta["flag"]:
-            group.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_text)
-            continue
-        parse = meta["parse"] or _ARG_TYPES.get(f.type, str)
-        group.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, type=_flag_type(flag, parse),
-                           nargs=meta["nargs"], choices=meta["choices"], help=help_text)
+    add_options(parser, PretrainConfig)
     return parser
 
 

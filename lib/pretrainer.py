@@ -37,7 +37,7 @@ from lib.cache import DiskCache, texts_digest, tokenizer_digest
 from lib.checkpoint import (atomic_directory, atomic_write_text, existing_directory, load_state, rng_state, save_state,
                             set_rng_state)
 from lib.errors import UserError
-from lib.logger import MetricsLogger
+from lib.logger import MetricsLogger, attach_log_file, detach_log_file
 from lib.mlm import (IGNORE_INDEX, DynamicMasker, collate_mlm, encode_for_packing, masking_generator, pack_sequences,
                      read_texts)
 from lib.optim import build_adamw
@@ -46,7 +46,7 @@ from lib.preprocess import TextPreprocessor
 from lib.progress import progress_bar
 from lib.run_folder import INCOMPLETE_SUFFIX, RunFolder, environment_record, finish
 from lib.schedule import lr_multiplier, set_learning_rate
-from lib.trainer import StopRequest, _attach_log_file, _detach_log_file
+from lib.trainer import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -247,14 +247,14 @@ class _Pretraining:
         self.eval_seconds = 0.0  # of the latest evaluation
         self.pending_loss = torch.zeros((), device=s.device)  # summed on the device; read when logging
         self.logger = MetricsLogger(s.run_path, resume_step=loop.global_step or None)
-        self.log_file = _attach_log_file(s.run_path / "pretrain.log")
+        self.log_file = attach_log_file(s.run_path / "pretrain.log")
         self.bar = None
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
         self.logger.close()
-        _detach_log_file(self.log_file)
+        detach_log_file(self.log_file)
 
     def train(self, stop: StopRequest) -> None:
         s, cfg, loop = self.s, self.cfg, self.loop

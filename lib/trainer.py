@@ -34,7 +34,7 @@ from lib.data import Splits, class_distribution
 from lib.distributed import Distributed, init_distributed, shard
 from lib.errors import UserError
 from lib.evaluate import predict_logits
-from lib.logger import MetricsLogger
+from lib.logger import MetricsLogger, attach_log_file, detach_log_file
 from lib.losses import FocalLoss
 from lib.metrics import classification_metrics, classification_report, format_report
 from lib.optim import build_adamw
@@ -232,7 +232,7 @@ class _RunLoop:
         lengths = s.train_data.lengths
         self.padding_efficiency = padding_efficiency(lengths, epoch_batches(cfg, s.train_data, 0, 1))
         self.logger = MetricsLogger(s.run.path, resume_step=loop.global_step or None) if s.ctx.is_main else None
-        self.log_file = _attach_log_file(s.run.path / "train.log") if s.ctx.is_main else None
+        self.log_file = attach_log_file(s.run.path / "train.log") if s.ctx.is_main else None
         self.pending_loss = torch.zeros((), device=s.device)  # summed on the device; read when logging
         self.bar = progress_bar(plan.total_steps, "train", s.show_progress, unit="step", initial=loop.global_step)
 
@@ -240,7 +240,7 @@ class _RunLoop:
         self.bar.close()
         if self.logger is not None:
             self.logger.close()
-            _detach_log_file(self.log_file)
+            detach_log_file(self.log_file)
 
     # --- training -------------------------------------------------------------------------------
 
@@ -518,23 +518,3 @@ def _log_train(logger: MetricsLogger, loop: LoopState, plan: TrainingPlan, lr: f
                {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "samples_per_second": speed})
     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{speed:.0f}")
     loop.loss_since_log, loop.windows_since_log = 0.0, 0
-
-
-def _attach_log_file(path: Path) -> tuple[logging.Handler, int]:
-    """Copy the run's INFO lines into train.log, also when the caller configured no logging."""
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("lib")
-    previous = logger.level
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    return handler, previous
-
-
-def _detach_log_file(attached: tuple[logging.Handler, int]) -> None:
-    handler, previous = attached
-    logger = logging.getLogger("lib")
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
-    handler.close()
