@@ -21,16 +21,16 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from lib import amp, swa
 from lib.augment import augment_rows, parse_augment_spec
 from lib.backbone import load_classifier
-from lib.batching import EncodedTexts, collate, encode, padding_efficiency
+from lib.batching import collate, encode, padding_efficiency
 from lib.checkpoint import (CheckpointStore, atomic_directory, existing_directory, load_state, rng_state, save_state,
                             set_rng_state)
 from lib.config import TrainConfig
-from lib.data import Splits, class_distribution
+from lib.data import class_distribution
 from lib.distributed import Distributed, init_distributed, shard
 from lib.errors import UserError
 from lib.evaluate import predict_logits
@@ -41,7 +41,6 @@ from lib.optim import build_adamw
 from lib.plan import TrainingPlan
 from lib.predict import predict_table, write_predictions
 from lib.prepare import Prepared, epoch_batches, prepare_new, prepare_resumed
-from lib.preprocess import TextPreprocessor
 from lib.progress import progress_bar
 from lib.run_folder import RunFolder, environment_record, finish, new_run_folder, open_unfinished
 from lib.schedule import lr_multiplier, set_learning_rate, swa_lr_multiplier
@@ -113,18 +112,11 @@ class LoopState:
 
 
 @dataclass
-class Session:
+class Session(Prepared):
     """Everything one run needs in memory: the prepared inputs, where they go, how to run."""
 
     cfg: TrainConfig
     run: RunFolder
-    plan: TrainingPlan
-    splits: Splits
-    preprocessor: TextPreprocessor
-    tokenizer: PreTrainedTokenizerBase
-    model: PreTrainedModel
-    train_data: EncodedTexts
-    val_data: EncodedTexts
     device: torch.device
     show_progress: bool
     ctx: Distributed
@@ -132,7 +124,7 @@ class Session:
     @classmethod
     def of(cls, cfg: TrainConfig, run: RunFolder, prepared: Prepared, device: torch.device, show_progress: bool,
            ctx: Distributed) -> "Session":
-        inputs = {f.name: getattr(prepared, f.name) for f in fields(prepared)}
+        inputs = {f.name: getattr(prepared, f.name) for f in fields(Prepared)}
         inputs["model"] = prepared.model.to(device)
         return cls(cfg=cfg, run=run, device=device, show_progress=show_progress, ctx=ctx, **inputs)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lib.config import TrainConfig
+from lib.trainer import StopRequest
 
 # Each class has its own cue words; filler words are shared, so the task is separable but not trivial.
 CUES = {
@@ -52,3 +53,14 @@ def tiny_config(toy_data: dict[str, Path], output_dir: Path, **overrides) -> Tra
     )
     values.update(overrides)
     return TrainConfig(**values)
+
+
+class StopAtStep(StopRequest):
+    """Simulates Ctrl-C after a given optimizer step."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def should_stop(self, global_step: int) -> bool:
+        return global_step >= self.step

@@ -3,8 +3,6 @@
 import multiprocessing
 from pathlib import Path
 
-import numpy as np
-
 from lib.batching import load_ids, save_ids, tokenize, trailing_special_tokens, truncate
 from lib.cache import DiskCache
 
@@ -73,7 +71,6 @@ def test_concurrent_writers_agree_on_one_entry(tmp_path):
 
 
 def test_ids_round_trip_and_truncation_matches_the_tokenizer(tmp_path):
-    from transformers import AutoTokenizer
     from lib.backbone import train_wordpiece
 
     texts = ["영화 정말 재밌다 최고 " * k for k in range(1, 8)] + [""]

@@ -18,19 +18,8 @@ from lib.pretrain_config import PretrainConfig
 from lib.pretrainer import (PretrainingInterrupted, masked_logits, pretrain_new, resume_pretraining,
                             steps_for_budget)
 from lib.schedule import lr_multiplier
-from lib.trainer import StopRequest, train_new
-from tests.conftest import tiny_config
-
-
-class StopAtStep(StopRequest):
-    """Simulates Ctrl-C after a given optimizer step."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.step = step
-
-    def should_stop(self, global_step: int) -> bool:
-        return global_step >= self.step
+from lib.trainer import train_new
+from tests.conftest import StopAtStep, tiny_config
 
 
 # Reviews made of fixed phrases: a masked word is predictable from its neighbours, as in real text

@@ -12,8 +12,7 @@ from lib import swa
 from lib.errors import UserError
 from lib.schedule import swa_lr_multiplier
 from lib.trainer import TrainingInterrupted, resume, train_new
-from tests.conftest import tiny_config
-from tests.test_train_end_to_end import StopAtStep
+from tests.conftest import StopAtStep, tiny_config
 
 
 def _save_tiny(folder, seed):

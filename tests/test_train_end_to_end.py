@@ -11,18 +11,7 @@ from safetensors.torch import load_file
 import predict
 from lib.run_folder import RunFolder
 from lib.trainer import StopRequest, TrainingInterrupted, resume, train_new
-from tests.conftest import tiny_config
-
-
-class StopAtStep(StopRequest):
-    """Simulates Ctrl-C after a given optimizer step."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__()
-        self.step = step
-
-    def should_stop(self, global_step: int) -> bool:
-        return global_step >= self.step
+from tests.conftest import StopAtStep, tiny_config
 
 
 @pytest.fixture(scope="module")
