@@ -116,21 +116,21 @@ def build_scratch_folder(preset: ScratchPreset, tokenizer: PreTrainedTokenizerBa
 
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     """Load a tokenizer; offline and uncached hub ids fail at once with one line."""
-    _check_reachable(str(name_or_path))
+    check_reachable(str(name_or_path))
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
-        raise UserError(f"--model {name_or_path}: cannot load its tokenizer ({_first_line(error)})") from None
+        raise UserError(f"--model {name_or_path}: cannot load its tokenizer ({first_line(error)})") from None
 
 
 def load_classifier(name_or_path: str | Path, num_labels: int, label_names: Sequence[str],
                     dropout: float | None) -> PreTrainedModel:
     """Load a sequence classifier with our label maps and optional dropout override."""
-    _check_reachable(str(name_or_path))
+    check_reachable(str(name_or_path))
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
-        raise UserError(f"--model {name_or_path}: cannot load its config ({_first_line(error)})") from None
+        raise UserError(f"--model {name_or_path}: cannot load its config ({first_line(error)})") from None
     config.num_labels = num_labels
     config.id2label = {i: name for i, name in enumerate(label_names)}
     config.label2id = {name: i for i, name in enumerate(label_names)}
@@ -145,7 +145,7 @@ def load_classifier(name_or_path: str | Path, num_labels: int, label_names: Sequ
         return AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config,
                                                                   ignore_mismatched_sizes=True)
     except (OSError, ValueError) as error:
-        raise UserError(f"--model {name_or_path}: cannot load its weights ({_first_line(error)})") from None
+        raise UserError(f"--model {name_or_path}: cannot load its weights ({first_line(error)})") from None
 
 
 def add_special_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, tokens: Sequence[str]) -> int:
@@ -188,7 +188,7 @@ def prepare_backbone(model_name: str, train_texts: Sequence[str], special_tokens
     return tokenizer, model
 
 
-def _check_reachable(name_or_path: str) -> None:
+def check_reachable(name_or_path: str) -> None:
     """Fail fast, without the hub client's minute of retries, when a hub id cannot be fetched."""
     if Path(name_or_path).exists() or _in_hub_cache(name_or_path):
         return
@@ -214,7 +214,7 @@ def _in_hub_cache(repo_id: str) -> bool:
         return False
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 

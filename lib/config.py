@@ -59,6 +59,10 @@ class TrainConfig:
         "CSV with the training rows (ID, text, label columns)", "data"))
     val_file: str | None = field(default=None, metadata=option(
         "CSV with validation rows; default: a stratified split of --train-file", "data", parse=optional(str)))
+    augmented_train_file: str | None = field(default=None, metadata=option(
+        "CSV of rows derived from training rows (ids '<source id>_<suffix>', as backtranslate.py writes); "
+        "only those whose source row is in the training split are added to it, so nothing made from a "
+        "validation row leaks", "data", parse=optional(str)))
     test_file: str | None = field(default=None, metadata=option(
         "CSV to predict after training; writes submission.csv into the run folder", "data",
         parse=optional(str)))

@@ -122,6 +122,23 @@ def stratified_sample(table: TextTable, n: int, seed: int) -> TextTable:
     return table.subset(np.sort(index))
 
 
+def add_derived_rows(train: TextTable, derived: TextTable, path: str) -> TextTable:
+    """Append the rows of `derived` made from a training row: id '<training id>_<suffix>'.
+
+    Matching on the source id is what keeps a paraphrase of a validation review out of training;
+    rows that repeat a training id (the originals of an augmented file) are skipped, not doubled.
+    """
+    train_ids = set(train.ids.tolist())
+    keep = np.flatnonzero([i.rsplit("_", 1)[0] in train_ids and i not in train_ids for i in derived.ids.tolist()])
+    log.info("%s: %d of %d rows derive from training rows and are added", path, len(keep), len(derived))
+    if len(keep) == 0:
+        raise UserError(f"--augmented-train-file {path}: no row has an id '<training id>_<suffix>' of a "
+                        f"training row; expected a file written by backtranslate.py from the training file")
+    extra = derived.subset(keep)
+    return TextTable(np.concatenate([train.ids, extra.ids]), train.texts + extra.texts,
+                     np.concatenate([train.labels, extra.labels]))
+
+
 def class_distribution(labels: np.ndarray, num_labels: int) -> list[int]:
     return np.bincount(labels, minlength=num_labels).tolist()
 
@@ -155,4 +172,8 @@ def load_splits(cfg: TrainConfig) -> Splits:
                         f"in {cfg.train_file}; pass {num_labels} comma-separated names")
     if cfg.max_train_samples:
         train = stratified_sample(train, cfg.max_train_samples, cfg.split_seed)
+    if cfg.augmented_train_file:
+        augmented = read_table(cfg.augmented_train_file, columns, labelled=True, flag="--augmented-train-file")
+        check_label_range(augmented, num_labels, cfg.augmented_train_file, cfg.label_column)
+        train = add_derived_rows(train, augmented, cfg.augmented_train_file)
     return Splits(train, val, num_labels, tuple(cfg.label_names))

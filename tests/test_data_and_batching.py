@@ -117,3 +117,32 @@ def test_the_validation_split_follows_split_seed_not_seed(toy_data, tmp_path):
     ids = lambda **kw: list(load_splits(tiny_config(toy_data, tmp_path, **kw)).val.ids)
     assert ids(seed=1) == ids(seed=2)
     assert ids(split_seed=1) != ids(split_seed=2)
+
+
+def test_augmented_rows_join_training_only_when_their_source_row_is_there(toy_data, tmp_path):
+    """A paraphrase of a validation review must never reach training, and originals are not doubled."""
+    import pandas as pd
+
+    from lib.data import load_splits
+    from tests.conftest import tiny_config
+
+    frame = pd.read_csv(toy_data["train"])
+    derived = pd.concat([frame, frame.assign(ID=frame.ID + "_bt", review=frame.review + " 번역")])
+    derived.to_csv(tmp_path / "bt.csv", index=False)
+    plain = load_splits(tiny_config(toy_data, tmp_path))
+    splits = load_splits(tiny_config(toy_data, tmp_path, augmented_train_file=str(tmp_path / "bt.csv")))
+
+    assert list(splits.val.ids) == list(plain.val.ids)
+    added = list(splits.train.ids[len(plain.train):])
+    assert sorted(added) == sorted(f"{i}_bt" for i in plain.train.ids)
+    by_id = dict(zip(frame.ID + "_bt", frame.label))
+    assert [by_id[i] for i in added] == splits.train.labels[len(plain.train):].tolist()
+
+
+def test_an_augmented_file_unrelated_to_the_training_rows_is_refused(toy_data, tmp_path):
+    from lib.data import load_splits
+    from tests.conftest import tiny_config
+
+    other = write_reviews(tmp_path / "other.csv", 20, seed=3, prefix="X")
+    with pytest.raises(UserError, match="--augmented-train-file .*other.csv: no row"):
+        load_splits(tiny_config(toy_data, tmp_path, augmented_train_file=str(other)))
