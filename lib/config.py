@@ -106,7 +106,7 @@ class TrainConfig:
         "percentile of training token lengths used by --max-length auto", "preprocessing"))
 
     # model
-    model: str = field(default="scratch:mini", metadata=option(
+    model: str = field(default="scratch:tiny", metadata=option(
         "hub id, local folder, or scratch:tiny|mini|small|medium (a BERT built here, offline)", "model"))
     dropout_rate: float | None = field(default=None, metadata=option(
         "hidden and attention dropout; default: the model's own", "model",
@@ -116,7 +116,8 @@ class TrainConfig:
 
     # optimisation
     learning_rate: float | None = field(default=None, metadata=option(
-        "peak learning rate; default: 5e-5 for pretrained models, 1e-3 for scratch: models", "optimisation",
+        "peak learning rate", "optimisation",
+        shown="5e-5 for pretrained models; a scratch: preset's own: tiny 1e-3, mini 3e-4, small 2e-4, medium 1e-4",
         aliases=("--lr",), parse=optional(float)))
     num_train_epochs: float = field(default=3.0, metadata=option(
         "number of epochs (a fraction trains part of the last one)", "optimisation", aliases=("--epochs",)))
@@ -142,9 +143,9 @@ class TrainConfig:
         choices=SCHEDULERS))
     warmup_steps: int = field(default=0, metadata=option(
         "optimizer steps of linear warmup from 0", "optimisation"))
-    warmup_ratio: float = field(default=0.0, metadata=option(
+    warmup_ratio: float | None = field(default=None, metadata=option(
         "warmup as a fraction of all optimizer steps (rounded up); used when --warmup-steps is 0",
-        "optimisation"))
+        "optimisation", parse=optional(float), shown="0.06 for scratch: models, 0 for pretrained ones"))
 
     # loss
     loss: str = field(default="auto", metadata=option(
@@ -233,7 +234,7 @@ class TrainConfig:
                      "logging-steps", "scratch-vocab-size"):
             if getattr(self, flag.replace("-", "_")) < 1:
                 bad(flag, "a whole number >= 1")
-        for flag in ("weight-decay", "max-grad-norm", "warmup-steps", "warmup-ratio", "focal-loss-gamma",
+        for flag in ("weight-decay", "max-grad-norm", "warmup-steps", "focal-loss-gamma",
                      "early-stopping-threshold", "num-rare-words-to-remove", "max-char-repeat",
                      "special-pattern-min-count"):
             if not getattr(self, flag.replace("-", "_")) >= 0:
@@ -247,7 +248,7 @@ class TrainConfig:
                 bad("fold", f"a fold index in 0..{self.num_folds - 1}")
             if self.val_file:
                 raise UserError("--num-folds and --val-file: give one of them, not both")
-        if not 0 <= self.warmup_ratio < 1:
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
             bad("warmup-ratio", "a fraction in [0, 1)")
         if self.warmup_steps and self.warmup_ratio:
             raise UserError("--warmup-steps and --warmup-ratio: give one of them, not both")

@@ -12,11 +12,13 @@ from dataclasses import asdict, dataclass, fields
 
 from pathlib import Path
 
+from lib.backbone import ScratchPreset
 from lib.config import TrainConfig
 from lib.errors import UserError
 
 PRETRAINED_LEARNING_RATE = 5e-5  # the HF Trainer's default
-SCRATCH_LEARNING_RATE = 1e-3
+# Random weights at a scratch preset's learning rate need warmup; pretrained models keep the HF default of 0.
+SCRATCH_WARMUP_RATIO = 0.06
 
 
 @dataclass(frozen=True)
@@ -51,14 +53,14 @@ class TrainingPlan:
             raise UserError(f"{path}: not a plan written by this version of train.py") from None
 
 
-def default_learning_rate(cfg: TrainConfig, from_scratch: bool) -> float:
+def default_learning_rate(cfg: TrainConfig, preset: ScratchPreset | None) -> float:
     if cfg.learning_rate is not None:
         return cfg.learning_rate
-    return SCRATCH_LEARNING_RATE if from_scratch else PRETRAINED_LEARNING_RATE
+    return preset.learning_rate if preset else PRETRAINED_LEARNING_RATE
 
 
 def step_counts(cfg: TrainConfig, train_rows: int, world_size: int = 1,
-                micro_batches: int | None = None) -> tuple[int, int, int, int]:
+                micro_batches: int | None = None, from_scratch: bool = False) -> tuple[int, int, int, int]:
     """(micro-batches per epoch, optimizer steps per epoch, total steps, warmup steps), HF's rules.
 
     A micro-batch is global: `per_device_train_batch_size` rows on each of `world_size` processes.
@@ -70,5 +72,6 @@ def step_counts(cfg: TrainConfig, train_rows: int, world_size: int = 1,
         micro_batches = math.ceil(train_rows / (cfg.per_device_train_batch_size * world_size))
     steps_per_epoch = max(1, math.ceil(micro_batches / cfg.gradient_accumulation_steps))
     total = math.ceil(cfg.num_train_epochs * steps_per_epoch)
-    warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(total * cfg.warmup_ratio)
+    ratio = cfg.warmup_ratio if cfg.warmup_ratio is not None else SCRATCH_WARMUP_RATIO if from_scratch else 0.0
+    warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(total * ratio)
     return micro_batches, steps_per_epoch, total, warmup

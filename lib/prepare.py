@@ -19,7 +19,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lib import swa
-from lib.backbone import load_classifier, prepare_backbone, scratch_preset
+from lib.backbone import ScratchPreset, load_classifier, prepare_backbone, scratch_preset
 from lib.batching import (EncodedTexts, load_ids, padded_width, save_ids, tokenize, trailing_special_tokens,
                           training_batches, truncate)
 from lib.cache import DiskCache, texts_digest, tokenizer_digest
@@ -73,7 +73,7 @@ def prepare_new(cfg: TrainConfig, ctx: Distributed, device: torch.device, precis
     max_length = _resolve_max_length(cfg, train_ids, limit)
     train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, max_length)
     plan = _make_plan(cfg, splits, preprocessor, max_length, device, precision, ctx.world_size,
-                      from_scratch=scratch_preset(cfg.model) is not None,
+                      preset=scratch_preset(cfg.model),
                       micro_batches=_budget_micro_batches(cfg, train_data, ctx.world_size))
     if cfg.swa_start is not None:
         swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs))  # refuse a bad value before any folder
@@ -128,7 +128,7 @@ def epoch_batches(cfg: TrainConfig, train_data: EncodedTexts, epoch: int, world_
 
 
 def _make_plan(cfg: TrainConfig, splits: Splits, preprocessor: TextPreprocessor, max_length: int,
-               device: torch.device, precision: str, world_size: int, from_scratch: bool,
+               device: torch.device, precision: str, world_size: int, preset: ScratchPreset | None,
                micro_batches: int | None) -> TrainingPlan:
     train_counts = class_distribution(splits.train.labels, splits.num_labels)
     alpha = cfg.focal_loss_alpha
@@ -136,14 +136,15 @@ def _make_plan(cfg: TrainConfig, splits: Splits, preprocessor: TextPreprocessor,
         alpha = auto_alpha(train_counts)
     elif alpha is not None and len(alpha) != splits.num_labels:
         raise UserError(f"--alpha: {len(alpha)} weights given, expected one per class ({splits.num_labels})")
-    micro, per_epoch, total, warmup = step_counts(cfg, len(splits.train), world_size, micro_batches)
+    micro, per_epoch, total, warmup = step_counts(cfg, len(splits.train), world_size, micro_batches,
+                                             from_scratch=preset is not None)
     if cfg.lr_scheduler_type == "constant" and warmup:
         log.warning("--lr-scheduler-type constant ignores warmup (as in transformers); "
                     "use constant_with_warmup to warm up")
     return TrainingPlan(
         num_labels=splits.num_labels, label_names=list(splits.label_names), train_class_counts=train_counts,
         val_class_counts=class_distribution(splits.val.labels, splits.num_labels), max_length=max_length,
-        learning_rate=default_learning_rate(cfg, from_scratch), focal_alpha=list(alpha) if alpha else None,
+        learning_rate=default_learning_rate(cfg, preset), focal_alpha=list(alpha) if alpha else None,
         special_tokens=preprocessor.special_tokens, device=str(device), precision=precision,
         world_size=world_size, micro_batches_per_epoch=micro, steps_per_epoch=per_epoch, total_steps=total, warmup_steps=warmup)
 

@@ -21,11 +21,11 @@ from lib.cli import CliParser
 from lib.config import PRECISIONS, SCHEDULERS, TrainConfig
 from lib.errors import UserError
 from lib.options import add_options, csv_strings, option, optional, to_dict
+from lib.plan import PRETRAINED_LEARNING_RATE
 from lib.preprocess import SPECIAL_PATTERNS
 
 NORMALIZATIONS = ("NFC", "NFKC", "none")
 SCRATCH_LEARNING_RATE = 5e-4
-PRETRAINED_LEARNING_RATE = 5e-5
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Our schedules against transformers.get_scheduler, step by step, warmup included."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -54,3 +55,16 @@ def test_step_counts_follow_the_hf_trainer(toy_data, tmp_path):
     micro, per_epoch, total, warmup = step_counts(cfg, 360)
     assert (micro, per_epoch, total) == (23, 6, 15)
     assert warmup == math.ceil(15 * 0.1) == 2
+
+
+def test_unset_warmup_and_learning_rate_depend_on_whether_weights_are_random(toy_data, tmp_path):
+    from lib.backbone import SCRATCH_PRESETS
+    from lib.plan import PRETRAINED_LEARNING_RATE, SCRATCH_WARMUP_RATIO, default_learning_rate
+
+    cfg = tiny_config(toy_data, tmp_path, warmup_ratio=None, learning_rate=None, num_train_epochs=1)
+    assert step_counts(cfg, 1600, from_scratch=True)[3] == math.ceil(100 * SCRATCH_WARMUP_RATIO)
+    assert step_counts(cfg, 1600, from_scratch=False)[3] == 0  # the HF Trainer's default for pretrained models
+    assert step_counts(replace(cfg, warmup_steps=7), 1600, from_scratch=True)[3] == 7
+    assert default_learning_rate(cfg, SCRATCH_PRESETS["mini"]) == SCRATCH_PRESETS["mini"].learning_rate
+    assert default_learning_rate(cfg, None) == PRETRAINED_LEARNING_RATE
+    assert default_learning_rate(replace(cfg, learning_rate=0.1), SCRATCH_PRESETS["tiny"]) == 0.1
