@@ -1,0 +1,21 @@
+"""The shipped experiment files parse: a typo in a key or a value fails here, not in a user's sweep."""
+
+from pathlib import Path
+
+import pytest
+
+from lib.config import option_names, parse_train_args
+from lib.search import load_sweep_config
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_training_configs_parse(path):
+    assert parse_train_args(["--config", str(path)]).config.model
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("sweep*.json")), ids=lambda p: p.name)
+def test_sweep_configs_name_train_options(path):
+    space = load_sweep_config(path, known_parameters=option_names())
+    assert "learning_rate" in space.to_dict()["parameters"]
