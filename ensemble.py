@@ -2,7 +2,7 @@
 
     python ensemble.py train --models scratch:tiny scratch:mini --config experiments/x.json [--folds 5] [train.py flags]
     python ensemble.py vote runs/a runs/b --test data/test.csv --out submission.csv [--weights fit] [--stack]
-        [--calibrate temperature] [--prior-correction em|train] [--save runs/ens-NAME]
+        [--calibrate temperature] [--prior-correction em|train|counts] [--save runs/ens-NAME]
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def _build_parser() -> argparse.ArgumentParser:
                          help="fit a temperature on validation NLL after pooling")
     combine.add_argument("--prior-correction", choices=PRIOR_CORRECTIONS, default=None,
                          help="em: re-estimate the test class prior (Saerens et al. 2002); "
-                              "train: make the mean test posterior match the training prior")
+                              "train: make the mean test posterior match the training prior; "
+                              "counts: make the predicted class counts match the training distribution "
+                              "(trades accuracy for macro-F1; its effect on validation is reported)")
     combine.add_argument("--save", type=Path, default=None, help="write an ensemble folder predict.py can use")
     combine.add_argument("--overwrite", action="store_true", help="replace the --save folder if it exists")
     combine.add_argument("--pred-column", default="pred", help="name of the prediction column (default: pred)")

@@ -23,7 +23,9 @@ from scipy.special import log_softmax, softmax
 
 log = logging.getLogger(__name__)
 
-PRIOR_CORRECTIONS = ("em", "train")
+PRIOR_CORRECTIONS = ("em", "train", "counts")
+# --prior-correction counts: the temperature at which mean softmax stands in for argmax counts
+COUNT_MATCHING_TEMPERATURE = 0.03
 CALIBRATIONS = ("temperature",)
 ECE_BINS = 15
 _SMALLEST_PRIOR = 1e-12  # a class absent from training must not turn log(prior) into -inf
@@ -136,6 +138,18 @@ def match_prior(scores: np.ndarray, target_prior: np.ndarray, tol: float = 1e-10
     return offsets - offsets.mean()
 
 
+def match_decisions(scores: np.ndarray, target_prior: np.ndarray,
+                    temperature: float = COUNT_MATCHING_TEMPERATURE) -> np.ndarray:
+    """Per-class log offsets after which the argmax counts follow `target_prior` (to about 0.1%).
+
+    A model's mean posterior can match the prior while its argmax still under-predicts the classes
+    it is rarely sure of; the offsets come from `match_prior` on sharpened scores, whose softmax
+    is nearly one-hot, so matching their mean matches the counts.
+    """
+    logp = log_softmax(np.asarray(scores, dtype=np.float64), axis=1)
+    return temperature * match_prior(logp / temperature, target_prior)
+
+
 @dataclass(frozen=True)
 class PriorCorrection:
     """Test log-scores after prior correction, with the test prior they assume."""
@@ -147,7 +161,7 @@ class PriorCorrection:
 
 
 def correct_priors(scores: np.ndarray, train_counts: np.ndarray, method: str) -> PriorCorrection:
-    """Apply `--prior-correction em|train` to test log-scores from a model trained with `train_counts`."""
+    """Apply `--prior-correction em|train|counts` to test log-scores from a model trained with `train_counts`."""
     source = _normalised(train_counts)
     if method == "em":
         prior, iterations = em_prior(scores, source)
@@ -155,6 +169,10 @@ def correct_priors(scores: np.ndarray, train_counts: np.ndarray, method: str) ->
     if method == "train":
         adjusted = log_softmax(log_softmax(np.asarray(scores, dtype=np.float64), axis=1)
                                + match_prior(scores, source), axis=1)
+        return PriorCorrection(method, adjusted, source)
+    if method == "counts":
+        adjusted = log_softmax(log_softmax(np.asarray(scores, dtype=np.float64), axis=1)
+                               + match_decisions(scores, source), axis=1)
         return PriorCorrection(method, adjusted, source)
     raise ValueError(f"unknown prior correction {method!r}")
 

@@ -122,6 +122,8 @@ def vote(paths: list[Path], *, test: Path | None, out: Path, average: str, weigh
     spec = EnsembleSpec(members[0].label_names, members[0].train_class_counts, average, member_weights,
                         weights_from, stacker, temperature, prior_correction)
     final_val = chosen / temperature if temperature else chosen
+    if prior_correction:
+        sections.append(_correction_on_validation(final_val, val.labels, spec))
 
     if test is not None:
         ids, scores, distribution = _predict(spec, members, test, device, show_progress, batch_size)
@@ -171,6 +173,15 @@ def _predict(spec: EnsembleSpec, members: list[Member], test: Path, device: str,
     columns["training"] = list(spec.train_class_counts)
     table = format_distribution("class", columns, spec.label_names)
     return ids, scores, "\n".join([f"predicted test distribution ({len(ids)} rows)", table, *notes])
+
+
+def _correction_on_validation(scores: np.ndarray, labels: np.ndarray, spec: EnsembleSpec) -> str:
+    """The same correction applied to the validation rows, whose labels show what it costs or gains."""
+    corrected = correct_priors(scores, np.asarray(spec.train_class_counts), spec.prior_correction).scores
+    table = ScoreTable(labels, len(spec.label_names))
+    table.add("before", scores)
+    table.add(f"after --prior-correction {spec.prior_correction}", corrected)
+    return "the prior correction applied to the validation rows:\n" + table.render()
 
 
 def _em_drift_note(estimated: np.ndarray, train_counts: np.ndarray, label_names: tuple[str, ...]) -> list[str]:

@@ -101,3 +101,14 @@ def test_train_prior_correction_makes_the_mean_posterior_match_the_training_prio
     before, after = (np.bincount(s.argmax(1), minlength=4) for s in (scores, corrected.scores))
     assert after[3] > before[3] and after[0] < before[0]
     assert match_prior(scores, counts).sum() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_count_matching_makes_the_predicted_counts_follow_the_training_distribution():
+    rng = np.random.default_rng(4)
+    scores = rng.normal(size=(4000, 4)) + np.array([0.0, -0.5, 0.5, 2.0])  # argmax mostly class 3
+    counts = np.array([12, 9, 25, 54])
+    corrected = correct_priors(scores, counts, "counts")
+    shares = np.bincount(corrected.scores.argmax(1), minlength=4) / len(scores)
+    np.testing.assert_allclose(shares, counts / counts.sum(), atol=0.005)
+    assert abs(np.bincount(scores.argmax(1), minlength=4)[1] / len(scores) - 0.09) > 0.03  # it had to move
+    np.testing.assert_allclose(np.exp(corrected.scores).sum(axis=1), 1.0)

@@ -75,6 +75,7 @@ def test_vote_predicts_the_test_file_and_predict_reuses_the_ensemble_folder(memb
     assert code == 0, err
     for needle in ("validation: 60 rows shared by 2 member(s)", "e2e-scratch-tiny (scratch:tiny)",
                    "vote (logits, fit weights)", "gain over the best member", "T = ",
+                   "the prior correction applied to the validation rows", "after --prior-correction em",
                    "predicted test distribution (30 rows)", "after (em)", "training", "wrote 30 predictions"):
         assert needle in out
     written = pd.read_csv(submission)
