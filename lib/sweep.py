@@ -93,7 +93,7 @@ def create_sweep(config_path: Path, output_dir: Path, name: str | None, seed: in
                         f"python sweep.py --resume {folder.path}")
     folder.trials.mkdir(parents=True, exist_ok=True)
     folder.config.write_text(json.dumps(space.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    Journal.create(folder.journal, SweepHeader(uuid.uuid4().hex[:12], space.config_hash(), seed, space.to_dict()))
+    Journal.create(folder.journal, SweepHeader(uuid.uuid4().hex[:12], space.config_hash(), seed, space.to_dict(), trials))
     return folder
 
 
@@ -148,7 +148,8 @@ def run_worker(path: Path, options: SweepOptions) -> None:
     sampler = make_sampler(space, journal.header.seed, n_startup_trials=options.n_startup_trials)
     pruner = pruner_for(space)
     worker = default_worker_id()
-    caps = [cap for cap in (options.trials, space.run_cap) if cap is not None]
+    budget = options.trials if options.trials is not None else journal.header.trials
+    caps = [cap for cap in (budget, space.run_cap) if cap is not None]
     max_trials = min(caps) if caps else None
     while True:
         trial = journal.claim(worker, sampler.suggest, max_trials, options.stale_after_s)

@@ -46,11 +46,11 @@ def test_a_small_sweep_runs_every_trial_as_a_run_folder_and_prunes_the_hopeless_
     assert any((folder.tensorboard / "trial-000").iterdir())
 
 
-def test_an_interrupted_sweep_resumes_the_running_trial_from_its_checkpoint(tmp_path, toy_data, monkeypatch):
+def test_an_interrupted_sweep_resumes_the_running_trial_and_keeps_its_trial_budget(tmp_path, toy_data, monkeypatch):
     import lib.sweep
 
     config = Path(_config(tmp_path, toy_data, pruning=False))
-    folder = lib.sweep.create_sweep(config, tmp_path / "runs", "r", seed=0, trials=None)
+    folder = lib.sweep.create_sweep(config, tmp_path / "runs", "r", seed=0, trials=2)  # of a grid of 3
 
     original = lib.sweep._TrialMonitor.should_stop
 
@@ -66,9 +66,9 @@ def test_an_interrupted_sweep_resumes_the_running_trial_from_its_checkpoint(tmp_
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.WAITING]
     assert (folder.trials / "trial-001.incomplete" / "last" / "training_state.pt").is_file()
 
-    run_sweep(folder.path, options)
+    run_sweep(folder.path, options)  # a plain --resume: no --trials given again
     trials = Journal.open(folder.journal).trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert trials[1].attempt == 2 and trials[1].params["learning_rate"] == 1e-7
     log = (folder.trials / "trial-001" / "train.log").read_text()
     assert "resuming" in log

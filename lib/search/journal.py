@@ -60,6 +60,7 @@ class SweepHeader:
     config_hash: str
     seed: int
     config: dict[str, Any]
+    trials: int | None = None  # the --trials budget given at creation; a plain --resume keeps it
 
 
 def default_worker_id() -> str:
@@ -253,7 +254,7 @@ class Journal:
         if not lines or lines[0][1].get("op") != "sweep":
             raise UserError(f"{self.path}: line 1 is not a sweep header; is this a sweep journal?")
         head = lines[0][1]
-        return SweepHeader(head["sweep_id"], head["config_hash"], head["seed"], head["config"])
+        return SweepHeader(head["sweep_id"], head["config_hash"], head["seed"], head["config"], head.get("trials"))
 
     def _replay(self) -> list[Trial]:
         table: dict[int, Trial] = {}
