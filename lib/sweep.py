@@ -43,6 +43,8 @@ from lib.trainer import StopRequest, TrainingInterrupted, resume, train_new
 log = logging.getLogger(__name__)
 
 SELECTION_KEYS = {"loss", "nll", "accuracy", "macro_f1"}
+# Options that change what the validation loss measures (see metric_key).
+LOSS_SHAPING = ("loss", "focal_loss_gamma", "focal_loss_alpha", "label_smoothing_factor")
 
 
 @dataclass(frozen=True)
@@ -68,21 +70,40 @@ class SweepOptions:
     show_progress: bool
 
 
-def metric_key(name: str) -> str:
-    """The validation metric a sweep optimises, as train.py names it (eval_loss, val/accuracy -> loss, accuracy)."""
+def metric_key(space: SweepSpace) -> str:
+    """The validation metric a sweep compares trials by, as train.py names it (eval_loss -> loss).
+
+    The validation loss is each trial's own objective: where the space varies the focal gamma, alpha
+    or label smoothing, losses of different trials are on different scales (a larger gamma alone
+    lowers it), so trials are compared by plain cross entropy (nll) instead.
+    """
+    name = space.metric.name
     for prefix in ("eval_", "val/", "val_", "eval/"):
         if name.startswith(prefix):
             name = name[len(prefix):]
     if name not in SELECTION_KEYS:
         raise UserError(f"sweep metric {name!r}: expected one of {', '.join(sorted(SELECTION_KEYS))} "
                         "(eval_ prefix accepted)")
+    if name == "loss" and loss_shaping_parameters(space):
+        return "nll"
     return name
+
+
+def loss_shaping_parameters(space: SweepSpace) -> list[str]:
+    return [p.name for p in space.searched if p.name in LOSS_SHAPING]
+
+
+def metric_label(space: SweepSpace) -> str:
+    return f"eval_{metric_key(space)}"
 
 
 def create_sweep(config_path: Path, output_dir: Path, name: str | None, seed: int, trials: int | None) -> SweepFolder:
     """Parse the config (every bad parameter refused before anything is written) and start the journal."""
     space = load_sweep_config(config_path, known_parameters=option_names())
-    metric_key(space.metric.name)
+    if metric_key(space) == "nll" and not space.metric.name.endswith("nll"):
+        log.warning("sweep metric %s: trials vary %s, which change what the validation loss measures; "
+                    "comparing trials by eval_nll (plain cross entropy) instead",
+                    space.metric.name, ", ".join(loss_shaping_parameters(space)))
     _check_constants(space)
     if space.method != "grid" and space.run_cap is None and trials is None:
         raise UserError("--trials: give a number of trials (or run_cap in the sweep config) for a "
@@ -195,7 +216,7 @@ class _TrialMonitor(StopRequest):
 def _run_trial(folder: SweepFolder, journal: Journal, space: SweepSpace, pruner: Pruner | None, trial: Trial,
                worker: str, options: SweepOptions) -> None:
     name = folder.trial_name(trial.number)
-    key = metric_key(space.metric.name)
+    key = metric_key(space)
     log.info("trial %d (attempt %d): %s", trial.number, trial.attempt, _format_params(trial.params))
     monitor = _TrialMonitor(journal, trial, worker, key, pruner, heartbeat_s=max(1.0, options.stale_after_s / 4))
     try:
@@ -279,7 +300,7 @@ def status_rows(folder: SweepFolder, journal: Journal, space: SweepSpace) -> lis
     for trial in journal.trials():
         ended = trial.finished_at or (time.time() if trial.state is TrialState.RUNNING else None)
         rows.append({
-            "trial": trial.number, "state": trial.state.value, space.metric.name: trial.value,
+            "trial": trial.number, "state": trial.state.value, metric_label(space): trial.value,
             "epochs": trial.last_epoch,
             "minutes": round((ended - trial.started_at) / 60, 1) if ended and trial.started_at else None,
             "attempts": trial.attempt, **{p.name: trial.params.get(p.name) for p in space.searched},
@@ -307,7 +328,7 @@ def write_status(folder: SweepFolder) -> str:
     lines = [_table(rows)] if rows else ["no trials yet"]
     best = best_trial(journal, space)
     if best is not None:
-        lines.append(f"best: trial {best.number} ({space.metric.name} {best.value:.4f}): "
+        lines.append(f"best: trial {best.number} ({metric_label(space)} {best.value:.4f}): "
                      f"{_format_params(best.params)} -> {folder.trials / folder.trial_name(best.number)}")
     counts = {state.value: sum(t.state is state for t in journal.trials()) for state in TrialState}
     lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n))

@@ -100,3 +100,20 @@ def test_two_worker_processes_share_one_sweep_without_running_a_trial_twice(tmp_
     trials = Journal.open(folder.journal).trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert all(t.attempt == 1 for t in trials)  # each claimed once, by whichever worker got there first
+
+
+def test_trials_that_vary_the_loss_itself_are_compared_by_plain_cross_entropy():
+    """A larger focal gamma alone lowers the validation loss; ranking trials by it would reward that."""
+    from lib.search import parse_sweep_config
+    from lib.sweep import metric_key
+
+    def space(parameters, metric="eval_loss"):
+        return parse_sweep_config({"method": "random", "metric": {"name": metric, "goal": "minimize"},
+                                   "parameters": parameters})
+
+    lr = {"learning_rate": {"values": [1e-3, 2e-3]}}
+    assert metric_key(space(lr)) == "loss"
+    assert metric_key(space({**lr, "focal_loss_gamma": {"value": 2.0}})) == "loss"  # the same loss for all
+    assert metric_key(space({**lr, "focal_loss_gamma": {"values": [0.0, 2.0]}})) == "nll"
+    assert metric_key(space({**lr, "label_smoothing_factor": {"values": [0.0, 0.1]}})) == "nll"
+    assert metric_key(space({**lr, "label_smoothing_factor": {"values": [0.0, 0.1]}}, "eval_accuracy")) == "accuracy"
