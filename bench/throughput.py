@@ -6,7 +6,7 @@ torch.compile, the tokenisation cache and padding efficiency.
     python -m bench.throughput --parts trainer --preset mini --precision bf16
     python -m bench.throughput --parts compile          # our loop with and without --compile
     python -m bench.throughput --parts cache            # set-up time with a cold and a warm tokenisation cache
-    python -m bench.throughput --repeats 2 --experiment-pad-multiple 1   # as reported on issue 5
+    python -m bench.throughput --repeats 2                  # as reported on issue 5
 
 Every configuration runs in its own fresh process; `--repeats N` runs them all N times, interleaved,
 and keeps the best of each measure. Each part prints the command that repeats it alone.
@@ -115,9 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-ratio", type=float, default=0.06)
     parser.add_argument("--max-tokens-per-batch", type=int, default=1024,
                         help="token budget of the extra 'ours, budget' column (its row cap is 4x --batch-size)")
-    parser.add_argument("--experiment-pad-multiple", type=int, default=None, metavar="N",
-                        help="add a column: ours grouped with batch widths rounded to N instead of 8 "
-                             "(patches lib.batching.PAD_TO_MULTIPLE_OF in that run; a library experiment)")
     parser.add_argument("--cache-train-samples", type=int, default=None,
                         help="training rows of the cache part (default: all)")
     parser.add_argument("--cache-epochs", type=float, default=0.01,
@@ -309,14 +306,10 @@ class _OursClock(StopRequest):
 
 # --- the two sides ---------------------------------------------------------------------------------
 
-def ours_side(options: dict[str, Any], threads: int, *, steady: bool = True, val_csv: str | None = None,
-              pad_multiple: int | None = None) -> dict:
+def ours_side(options: dict[str, Any], threads: int, *, steady: bool = True, val_csv: str | None = None) -> dict:
     """Train with `lib.trainer.train_new`. `steady`: also the steady step rates (re-tokenises the
-    training rows to know each step's rows); `val_csv`: also predict that file with the finished run.
-    `pad_multiple` replaces lib.batching's width rounding (an experiment on the library)."""
+    training rows to know each step's rows); `val_csv`: also predict that file with the finished run."""
     _worker_setup(threads)
-    if pad_multiple is not None:
-        batching.PAD_TO_MULTIPLE_OF = pad_multiple
     cfg = TrainConfig(**options)
     if cfg.compile:  # a cold inductor cache: what the first --compile run on a machine pays
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cfg.output_dir) / f"inductor-{os.getpid()}")
@@ -347,7 +340,8 @@ def ours_side(options: dict[str, Any], threads: int, *, steady: bool = True, val
         epochs = [training_batches(lengths, cfg.per_device_train_batch_size, cfg.seed, epoch, cfg.group_by_length,
                                    cfg.max_tokens_per_batch) for epoch in range(math.ceil(cfg.num_train_epochs))]
         measured["steady_sps"], measured["cpu_sps"] = clock.steady([len(rows) for batch in epochs for rows in batch])
-        measured["computed_efficiency"] = _computed_efficiency(lengths, epochs[0])
+        multiple = batching.pad_multiple(torch.device("cpu"), measured["plan"]["precision"], cfg.compile)
+        measured["computed_efficiency"] = _computed_efficiency(lengths, epochs[0], multiple)
     if val_csv is not None:
         data = encode(loaded.tokenizer, loaded.preprocessor.transform(_read_texts(cfg, val_csv)),
                       loaded.plan.max_length)
@@ -368,11 +362,11 @@ def _read_texts(cfg: TrainConfig, path: str) -> list[str]:
                       flag="val").texts
 
 
-def _computed_efficiency(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
-    """Real tokens / tokens the model computes: our collate rounds each batch's width up (to a multiple
-    of 8), which `result.json`'s padding_efficiency (real / longest row) does not count."""
+def _computed_efficiency(lengths: np.ndarray, batches: list[np.ndarray], multiple: int) -> float:
+    """Real tokens / tokens the model computes, with our collate's width rounding (`batching.pad_multiple`:
+    none for eager fp32 on a CPU), which `result.json`'s padding_efficiency (real / longest row) does not count."""
     real = sum(int(lengths[b].sum()) for b in batches)
-    return real / sum(batching.padded_width(lengths[b].max()) * len(b) for b in batches)
+    return real / sum(batching.padded_width(lengths[b].max(), multiple) * len(b) for b in batches)
 
 
 class _PaddingCounter:
@@ -518,10 +512,6 @@ def trainer_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
         f"ours budget{args.max_tokens_per_batch}": lambda: _in_subprocess(
             ours_side, {**base, **budget, "run_name": "ours-budget"}, args.threads, val_csv=val_csv),
     }
-    if args.experiment_pad_multiple is not None:
-        configurations[f"ours grouped pad{args.experiment_pad_multiple}"] = lambda: _in_subprocess(
-            ours_side, {**base, "run_name": "ours-pad"}, args.threads, val_csv=val_csv,
-            pad_multiple=args.experiment_pad_multiple)
     columns = [Column(title, result) for title, result in _rounds(args.repeats, configurations).items()]
     ours = columns[0].result
     theirs = columns[1].result
@@ -549,17 +539,13 @@ def trainer_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
     ])
     print(f"   budget column: --max-tokens-per-batch {args.max_tokens_per_batch} with --batch-size "
           f"{4 * args.batch_size} as the row cap; other batches, so other optimisation: not in the ratios")
-    if args.experiment_pad_multiple is not None:
-        print(f"   pad column: ours grouped with lib.batching.PAD_TO_MULTIPLE_OF = {args.experiment_pad_multiple} "
-              "(an experiment on the library)")
     print("   steady: step-end to step-end, first step and evaluations left out; CPU-s: process CPU time, "
           "which other processes on the machine do not inflate")
     print("   predict ids: token ids in memory; predict CSV: read the file, preprocess, tokenise, predict")
-    print("   as computed: our collate rounds widths up to a multiple of 8; the Trainer pads to the longest row")
+    print("   as computed: with our collate's width rounding (to 8 under bf16 or --compile, none for eager fp32 "
+          "on a CPU); the Trainer pads to the longest row")
     pairs = [("ours grouped / Trainer random (defaults)", 0, 1), ("ours grouped / Trainer grouped", 0, 3),
              ("ours random / Trainer random (loop only)", 2, 1)]
-    if args.experiment_pad_multiple is not None:
-        pairs.append((f"ours grouped pad{args.experiment_pad_multiple} / Trainer grouped", len(columns) - 1, 3))
     measures = [("train", "train_sps"), ("train CPU", "cpu_sps"), ("pred ids", "predict_ids_sps"),
                 ("ids CPU", "predict_ids_cpu_sps"), ("pred CSV", "predict_csv_sps"),
                 ("CSV CPU", "predict_csv_cpu_sps"), ("memory", "peak_rss_mib")]
@@ -642,8 +628,6 @@ def _rerun(args: argparse.Namespace, part: str) -> str:
              "--repeats", str(args.repeats)]
     if part == "trainer":
         flags += ["--max-tokens-per-batch", str(args.max_tokens_per_batch)]
-        if args.experiment_pad_multiple is not None:
-            flags += ["--experiment-pad-multiple", str(args.experiment_pad_multiple)]
     if part == "cache":
         flags += ["--cache-epochs", str(args.cache_epochs)]
         if args.cache_train_samples:

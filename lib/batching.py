@@ -21,11 +21,12 @@ MEGABATCH_BATCHES = 50
 
 @dataclass(frozen=True)
 class EncodedTexts:
-    """Token ids per row (without padding), with the labels when known."""
+    """Token ids per row (without padding), with the labels when known, and how batches pad."""
 
     input_ids: list[np.ndarray]
     labels: np.ndarray | None
     pad_token_id: int
+    pad_to_multiple_of: int = 8  # see pad_multiple()
 
     @property
     def lengths(self) -> np.ndarray:
@@ -47,8 +48,19 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], limit: in
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int,
-           labels: np.ndarray | None = None) -> EncodedTexts:
-    return EncodedTexts(tokenize(tokenizer, texts, max_length), labels, tokenizer.pad_token_id)
+           labels: np.ndarray | None = None, pad_to_multiple_of: int = 8) -> EncodedTexts:
+    return EncodedTexts(tokenize(tokenizer, texts, max_length), labels, tokenizer.pad_token_id, pad_to_multiple_of)
+
+
+def pad_multiple(device: torch.device, precision: str, compiled: bool) -> int:
+    """What batch widths are rounded up to on this device.
+
+    On CUDA tensor cores want multiples of 8; torch.compile and the CPU's bf16 (oneDNN) kernels pay a
+    set-up cost per new shape, which rounding bounds. Eager fp32 on a CPU only pays for the extra
+    tokens: with reviews of ~18 tokens, rounding to 8 made training 16% slower (bench/throughput.py),
+    so there a batch pads to its longest row.
+    """
+    return 1 if device.type == "cpu" and precision == "fp32" and not compiled else 8
 
 
 def trailing_special_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -76,17 +88,12 @@ def load_ids(path: Path) -> list[np.ndarray]:
     return [flat[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
-PAD_TO_MULTIPLE_OF = 8
-
-
 def collate(data: EncodedTexts, rows: np.ndarray) -> dict[str, torch.Tensor]:
-    """Pad `rows` to their longest member, rounded up to a multiple of 8.
+    """Pad `rows` to their longest member, rounded up to `data.pad_to_multiple_of`.
 
-    Rounding bounds the number of distinct shapes: CPU bf16 kernels (oneDNN) and torch.compile
-    pay a set-up cost per new shape, and tensor cores want multiples of 8 anyway.
     `rows` is returned too, to restore order after length-sorted evaluation.
     """
-    width = padded_width(max(len(data.input_ids[i]) for i in rows))
+    width = padded_width(max(len(data.input_ids[i]) for i in rows), data.pad_to_multiple_of)
     input_ids = np.full((len(rows), width), data.pad_token_id, dtype=np.int64)
     attention_mask = np.zeros((len(rows), width), dtype=np.int64)
     for out_row, i in enumerate(rows):
@@ -100,12 +107,12 @@ def collate(data: EncodedTexts, rows: np.ndarray) -> dict[str, torch.Tensor]:
     return batch
 
 
-def padded_width(length: int) -> int:
-    return -(-int(length) // PAD_TO_MULTIPLE_OF) * PAD_TO_MULTIPLE_OF
+def padded_width(length: int, multiple: int) -> int:
+    return -(-int(length) // multiple) * multiple
 
 
-def training_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int,
-                     group_by_length: bool, max_tokens: int | None = None) -> list[np.ndarray]:
+def training_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool,
+                     max_tokens: int | None = None, pad_to_multiple_of: int = 8) -> list[np.ndarray]:
     """The batches of one epoch, deterministic in (seed, epoch).
 
     With grouping: shuffle, sort by length within megabatches, cut into batches, shuffle the batch
@@ -117,27 +124,29 @@ def training_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int
     generator = np.random.default_rng([seed, epoch])
     order = generator.permutation(len(lengths))
     if not group_by_length:
-        return _cut(order, lengths, batch_size, max_tokens)
+        return _cut(order, lengths, batch_size, max_tokens, pad_to_multiple_of)
     mega = batch_size * MEGABATCH_BATCHES
     batches = []
     for start in range(0, len(order), mega):
         chunk = order[start:start + mega]
-        batches.extend(_cut(chunk[np.argsort(-lengths[chunk], kind="stable")], lengths, batch_size, max_tokens))
+        batches.extend(_cut(chunk[np.argsort(-lengths[chunk], kind="stable")], lengths, batch_size, max_tokens,
+                            pad_to_multiple_of))
     batches = [batches[i] for i in generator.permutation(len(batches))]
     longest = max(range(len(batches)), key=lambda i: lengths[batches[i]].max())
     batches[0], batches[longest] = batches[longest], batches[0]
     return batches
 
 
-def _cut(order: np.ndarray, lengths: np.ndarray, batch_size: int, max_tokens: int | None) -> list[np.ndarray]:
+def _cut(order: np.ndarray, lengths: np.ndarray, batch_size: int, max_tokens: int | None,
+         multiple: int) -> list[np.ndarray]:
     if max_tokens is None:
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     batches, start, width = [], 0, 0
     for i, row in enumerate(order):
-        new_width = max(width, padded_width(lengths[row]))
+        new_width = max(width, padded_width(lengths[row], multiple))
         if i > start and (i - start >= batch_size or (i - start + 1) * new_width > max_tokens):
             batches.append(order[start:i])
-            start, new_width = i, padded_width(lengths[row])
+            start, new_width = i, padded_width(lengths[row], multiple)
         width = new_width
     if start < len(order):
         batches.append(order[start:])

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lib import amp
 from lib.backbone import load_classifier
-from lib.batching import encode
+from lib.batching import encode, pad_multiple
 from lib.config import TrainConfig
 from lib.data import Columns, class_distribution, read_table
 from lib.errors import UserError
@@ -77,9 +77,11 @@ def predict_table(cfg: TrainConfig, plan: TrainingPlan, preprocessor: TextPrepro
     """(ids, fp32 logits) for every row of the CSV at `path`, in file order."""
     columns = Columns(cfg.id_column, cfg.text_column, cfg.label_column)
     table = read_table(path, columns, labelled=False, flag="--test")
-    data = encode(tokenizer, preprocessor.transform(table.texts), plan.max_length)
-    logits = predict_logits(model, data, batch_size or cfg.per_device_eval_batch_size,
-                            inference_precision(plan.precision, device), device, "predict", show_progress)
+    precision = inference_precision(plan.precision, device)
+    data = encode(tokenizer, preprocessor.transform(table.texts), plan.max_length,
+                  pad_to_multiple_of=pad_multiple(device, precision, compiled=False))
+    logits = predict_logits(model, data, batch_size or cfg.per_device_eval_batch_size, precision, device, "predict",
+                            show_progress)
     return table.ids, logits
 
 

@@ -20,8 +20,8 @@ from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lib import swa
 from lib.backbone import ScratchPreset, load_classifier, prepare_backbone, scratch_preset
-from lib.batching import (EncodedTexts, load_ids, padded_width, save_ids, tokenize, trailing_special_tokens,
-                          training_batches, truncate)
+from lib.batching import (EncodedTexts, load_ids, pad_multiple, padded_width, save_ids, tokenize,
+                          trailing_special_tokens, training_batches, truncate)
 from lib.cache import DiskCache, texts_digest, tokenizer_digest
 from lib.checkpoint import existing_directory
 from lib.config import TrainConfig
@@ -71,7 +71,8 @@ def prepare_new(cfg: TrainConfig, ctx: Distributed, device: torch.device, precis
         ctx.barrier()
     seed_everything(cfg.seed)  # dropout and order must not depend on what preparation drew (cache hits draw less)
     max_length = _resolve_max_length(cfg, train_ids, limit)
-    train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, max_length)
+    train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, max_length,
+                                             pad_multiple(device, precision, cfg.compile))
     plan = _make_plan(cfg, splits, preprocessor, max_length, device, precision, ctx.world_size,
                       preset=scratch_preset(cfg.model),
                       micro_batches=_budget_micro_batches(cfg, train_data, ctx.world_size))
@@ -95,7 +96,8 @@ def prepare_resumed(cfg: TrainConfig, run: RunFolder, ctx: Distributed) -> Prepa
                                           preprocessor.transform(splits.val.texts), _model_limit(model))
     if ctx.is_main:
         ctx.barrier()
-    train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, plan.max_length)
+    train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, plan.max_length,
+                                             pad_multiple(torch.device(plan.device), plan.precision, cfg.compile))
     return Prepared(plan, splits, preprocessor, tokenizer, model, train_data, val_data)
 
 
@@ -113,7 +115,7 @@ def _budget_micro_batches(cfg: TrainConfig, train_data: EncodedTexts, world_size
     """With --max-tokens-per-batch, the first epoch's number of micro-batches (None without a budget)."""
     if cfg.max_tokens_per_batch is None:
         return None
-    widest = padded_width(train_data.lengths.max())
+    widest = padded_width(train_data.lengths.max(), train_data.pad_to_multiple_of)
     if cfg.max_tokens_per_batch < widest:
         raise UserError(f"--max-tokens-per-batch {cfg.max_tokens_per_batch}: the longest training text takes "
                         f"{widest} padded tokens; give at least {widest} or a smaller --max-length")
@@ -124,7 +126,7 @@ def epoch_batches(cfg: TrainConfig, train_data: EncodedTexts, epoch: int, world_
     """Global micro-batches of one epoch: each process trains on its share of every one."""
     budget = cfg.max_tokens_per_batch * world_size if cfg.max_tokens_per_batch else None
     return training_batches(train_data.lengths, cfg.per_device_train_batch_size * world_size, cfg.seed, epoch,
-                            cfg.group_by_length, budget)
+                            cfg.group_by_length, budget, train_data.pad_to_multiple_of)
 
 
 def _make_plan(cfg: TrainConfig, splits: Splits, preprocessor: TextPreprocessor, max_length: int,
@@ -169,10 +171,11 @@ def _tokenize_splits(cache: DiskCache, tokenizer: PreTrainedTokenizerBase, train
 
 
 def _truncated_splits(tokenizer: PreTrainedTokenizerBase, splits: Splits, train_ids: list[np.ndarray],
-                      val_ids: list[np.ndarray], max_length: int) -> tuple[EncodedTexts, EncodedTexts]:
+                      val_ids: list[np.ndarray], max_length: int, multiple: int) -> tuple[EncodedTexts, EncodedTexts]:
     trailing = trailing_special_tokens(tokenizer)
-    return (EncodedTexts(truncate(train_ids, max_length, trailing), splits.train.labels, tokenizer.pad_token_id),
-            EncodedTexts(truncate(val_ids, max_length, trailing), splits.val.labels, tokenizer.pad_token_id))
+    return (EncodedTexts(truncate(train_ids, max_length, trailing), splits.train.labels, tokenizer.pad_token_id,
+                         multiple),
+            EncodedTexts(truncate(val_ids, max_length, trailing), splits.val.labels, tokenizer.pad_token_id, multiple))
 
 
 def _resolve_max_length(cfg: TrainConfig, train_ids: list[np.ndarray], limit: int) -> int:

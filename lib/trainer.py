@@ -306,7 +306,7 @@ class _RunLoop:
             return collate(s.train_data, rows)
         noisy = augment_rows(s.splits.train.texts, rows, self.augment, self.cfg.seed, self.loop.epoch)
         encoded = encode(s.tokenizer, s.preprocessor.transform(noisy), self.plan.max_length,
-                         s.splits.train.labels[rows])
+                         s.splits.train.labels[rows], s.train_data.pad_to_multiple_of)
         return collate(encoded, np.arange(len(rows)))
 
     def _lr_multiplier(self) -> float:

@@ -75,13 +75,26 @@ def test_grouping_by_length_cuts_padding_and_puts_the_longest_batch_first():
     assert padding_efficiency(lengths, sorted_batches(lengths, 32)) >= padding_efficiency(lengths, grouped)
 
 
-def test_collate_pads_to_a_multiple_of_eight_and_masks_the_padding():
-    data = EncodedTexts([np.array([2, 5, 3]), np.array([2, 6, 7, 8, 9, 3])], np.array([1, 0]), pad_token_id=0)
+@pytest.mark.parametrize("multiple, width", [(8, 8), (1, 6)])
+def test_collate_pads_to_the_longest_row_rounded_up_and_masks_the_padding(multiple, width):
+    data = EncodedTexts([np.array([2, 5, 3]), np.array([2, 6, 7, 8, 9, 3])], np.array([1, 0]), pad_token_id=0,
+                        pad_to_multiple_of=multiple)
     batch = collate(data, np.array([1, 0]))
-    assert batch["input_ids"].shape == (2, 8)
-    assert batch["input_ids"][1].tolist() == [2, 5, 3, 0, 0, 0, 0, 0]
+    assert batch["input_ids"].shape == (2, width)
+    assert batch["input_ids"][1].tolist() == [2, 5, 3] + [0] * (width - 3)
     assert batch["attention_mask"].sum(1).tolist() == [6, 3]
     assert batch["labels"].tolist() == [0, 1] and batch["rows"].tolist() == [1, 0]
+
+
+def test_only_eager_fp32_on_a_cpu_pads_to_the_exact_longest_row():
+    import torch
+
+    from lib.batching import pad_multiple
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert pad_multiple(cpu, "fp32", compiled=False) == 1
+    assert pad_multiple(cpu, "bf16", compiled=False) == pad_multiple(cpu, "fp32", compiled=True) == 8
+    assert pad_multiple(cuda, "fp32", compiled=False) == pad_multiple(cuda, "bf16", compiled=False) == 8
 
 
 def test_weight_decay_groups_match_the_hf_trainer():
@@ -105,8 +118,8 @@ def test_token_budget_caps_padded_tokens_and_lets_short_texts_fill_larger_batche
     lengths = _lengths()
     batches = training_batches(lengths, 64, seed=2, epoch=0, group_by_length=True, max_tokens=512)
     assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
-    assert all(len(b) <= 64 and (len(b) == 1 or len(b) * padded_width(lengths[b].max()) <= 512) for b in batches)
-    sizes = {padded_width(lengths[b].max()): len(b) for b in batches}
+    assert all(len(b) <= 64 and (len(b) == 1 or len(b) * padded_width(lengths[b].max(), 8) <= 512) for b in batches)
+    sizes = {padded_width(lengths[b].max(), 8): len(b) for b in batches}
     assert sizes[min(sizes)] > sizes[max(sizes)]
 
 
