@@ -24,8 +24,9 @@ from scipy.special import log_softmax, softmax
 log = logging.getLogger(__name__)
 
 PRIOR_CORRECTIONS = ("em", "train", "counts")
-# --prior-correction counts: the temperature at which mean softmax stands in for argmax counts
-COUNT_MATCHING_TEMPERATURE = 0.03
+# --prior-correction counts: temperatures of the annealing, and how close the argmax shares must come
+COUNT_MATCHING_TEMPERATURES = (1.0, 0.3, 0.1, 0.03, 0.01, 3e-3, 1e-3, 3e-4, 1e-4)
+COUNT_MATCHING_TOLERANCE = 0.002
 CALIBRATIONS = ("temperature",)
 ECE_BINS = 15
 _SMALLEST_PRIOR = 1e-12  # a class absent from training must not turn log(prior) into -inf
@@ -118,8 +119,8 @@ def em_prior(scores: np.ndarray, source_prior: np.ndarray, tol: float = 1e-8,
     return prior, max_iter
 
 
-def match_prior(scores: np.ndarray, target_prior: np.ndarray, tol: float = 1e-10,
-                max_iter: int = 10_000) -> np.ndarray:
+def match_prior(scores: np.ndarray, target_prior: np.ndarray, tol: float = 1e-10, max_iter: int = 10_000,
+                initial: np.ndarray | None = None, warn: bool = True) -> np.ndarray:
     """Per-class log offsets b with mean_i softmax(scores_i + b) = target_prior.
 
     This is Sinkhorn scaling with rows summing to one and columns to the target shares; it
@@ -127,27 +128,38 @@ def match_prior(scores: np.ndarray, target_prior: np.ndarray, tol: float = 1e-10
     """
     target = _normalised(target_prior)
     logp = log_softmax(np.asarray(scores, dtype=np.float64), axis=1)
-    offsets = np.zeros(logp.shape[1])
+    offsets = np.zeros(logp.shape[1]) if initial is None else np.array(initial, dtype=np.float64)
     for _ in range(max_iter):
         mean = np.exp(log_softmax(logp + offsets, axis=1)).mean(axis=0)
         if np.abs(mean - target).max() < tol:
             break
         offsets += np.log(np.maximum(target, _SMALLEST_PRIOR)) - np.log(mean)
     else:
-        log.warning("prior matching stopped after %d iterations without converging", max_iter)
+        if warn:
+            log.warning("prior matching stopped after %d iterations without converging", max_iter)
     return offsets - offsets.mean()
 
 
-def match_decisions(scores: np.ndarray, target_prior: np.ndarray,
-                    temperature: float = COUNT_MATCHING_TEMPERATURE) -> np.ndarray:
-    """Per-class log offsets after which the argmax counts follow `target_prior` (to about 0.1%).
+def match_decisions(scores: np.ndarray, target_prior: np.ndarray) -> np.ndarray:
+    """Per-class log offsets after which the argmax shares follow `target_prior` (within 0.2 points).
 
     A model's mean posterior can match the prior while its argmax still under-predicts the classes
-    it is rarely sure of; the offsets come from `match_prior` on sharpened scores, whose softmax
-    is nearly one-hot, so matching their mean matches the counts.
+    it is rarely sure of. Matching the mean of ever sharper softmaxes (scores / T, T falling) makes
+    the mean approach the argmax counts; each temperature starts from the last one's offsets, and the
+    first that matches the counts ends it. Scores that barely differ between rows need a small T.
     """
     logp = log_softmax(np.asarray(scores, dtype=np.float64), axis=1)
-    return temperature * match_prior(logp / temperature, target_prior)
+    target = _normalised(target_prior)
+    offsets = np.zeros(logp.shape[1])
+    for temperature in COUNT_MATCHING_TEMPERATURES:
+        offsets = temperature * match_prior(logp / temperature, target, tol=1e-6, max_iter=2000,
+                                            initial=offsets / temperature, warn=False)
+        shares = np.bincount((logp + offsets).argmax(axis=1), minlength=len(target)) / len(logp)
+        if np.abs(shares - target).max() <= COUNT_MATCHING_TOLERANCE:
+            return offsets
+    log.warning("--prior-correction counts: predicted shares still %.1f points from the target",
+                100 * np.abs(shares - target).max())
+    return offsets
 
 
 @dataclass(frozen=True)

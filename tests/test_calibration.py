@@ -112,3 +112,13 @@ def test_count_matching_makes_the_predicted_counts_follow_the_training_distribut
     np.testing.assert_allclose(shares, counts / counts.sum(), atol=0.005)
     assert abs(np.bincount(scores.argmax(1), minlength=4)[1] / len(scores) - 0.09) > 0.03  # it had to move
     np.testing.assert_allclose(np.exp(corrected.scores).sum(axis=1), 1.0)
+
+
+def test_count_matching_works_for_a_model_that_barely_tells_rows_apart():
+    """An undertrained model gives every row nearly the training prior: argmax is one class throughout."""
+    rng = np.random.default_rng(5)
+    counts = np.array([12, 9, 25, 54])
+    scores = np.log(counts / counts.sum()) + 0.01 * rng.normal(size=(3000, 4))
+    assert np.bincount(scores.argmax(1), minlength=4)[3] == 3000
+    shares = np.bincount(correct_priors(scores, counts, "counts").scores.argmax(1), minlength=4) / 3000
+    np.testing.assert_allclose(shares, counts / counts.sum(), atol=0.005)
