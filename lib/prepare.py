@@ -19,7 +19,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lib import swa
-from lib.backbone import ScratchPreset, load_classifier, prepare_backbone, scratch_preset
+from lib.backbone import ScratchPreset, check_reachable, load_classifier, prepare_backbone, scratch_preset
 from lib.batching import (EncodedTexts, load_ids, pad_multiple, padded_width, save_ids, tokenize,
                           trailing_special_tokens, training_batches, truncate)
 from lib.cache import DiskCache, texts_digest, tokenizer_digest
@@ -54,6 +54,8 @@ def prepare_new(cfg: TrainConfig, ctx: Distributed, device: torch.device, precis
     if ctx.enabled and not cfg.cache_dir:
         raise UserError("--no-cache: under torchrun the processes share the tokenizer through the cache; "
                         "give a --cache-dir")
+    if scratch_preset(cfg.model) is None:
+        check_reachable(cfg.model)  # before reading any data: an unreachable hub id fails in seconds
     seed_everything(cfg.seed)
     splits = load_splits(cfg)
     preprocessor = TextPreprocessor(cfg.unicode_normalization, cfg.max_char_repeat, cfg.special_patterns,
