@@ -72,7 +72,7 @@ def main(argv: list[str]) -> int:
     if args.command == "train":
         stop = StopRequest()
         try:
-            with stop.on_sigint():
+            with stop.on_stop_signals():
                 trained = train_ensemble(args.models, rest, folds=args.folds, name=args.name, stop=stop)
         except TrainingInterrupted as interrupted:
             print(f"\nstopped; state saved. Resume the member with:\n  python train.py --resume "

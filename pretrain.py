@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
     stop = StopRequest()
     show_progress = progress_enabled(invocation.quiet)
     try:
-        with stop.on_sigint():
+        with stop.on_stop_signals():
             if invocation.resume is not None:
                 folder = resume_pretraining(invocation.resume, show_progress=show_progress, stop=stop)
             else:

@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     stop = StopRequest()
     show_progress = progress_enabled(invocation.quiet)
     try:
-        with stop.on_sigint():
+        with stop.on_stop_signals():
             if invocation.resume is not None:
                 run = resume(invocation.resume, show_progress=show_progress, stop=stop)
             else:

@@ -64,19 +64,22 @@ class StopRequest:
         return False
 
     @contextmanager
-    def on_sigint(self) -> Iterator[None]:
-        """First Ctrl-C: stop cleanly after this step. Second Ctrl-C: abort at once."""
+    def on_stop_signals(self) -> Iterator[None]:
+        """First Ctrl-C or SIGTERM (what `kill` and job schedulers send before preempting): stop cleanly
+        after this step and save. A second one: abort at once."""
         def handler(signum, frame):
             if self.requested:
                 raise KeyboardInterrupt
             self.requested = True
-            log.warning("Ctrl-C: saving state after this step (press again to abort without saving)")
+            log.warning("%s: saving state after this step (send it again to abort without saving)",
+                        signal.Signals(signum).name)
 
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
 
 class TrainingInterrupted(Exception):

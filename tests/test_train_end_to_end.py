@@ -1,6 +1,8 @@
 """Real tiny runs: the model learns the toy task, predict.py reproduces it, resume reproduces it."""
 
 import json
+import os
+import signal
 
 import numpy as np
 import pandas as pd
@@ -152,3 +154,16 @@ def test_a_pruned_run_stops_after_that_evaluation_and_is_kept_as_pruned(toy_data
     result = json.loads(run.result.read_text())
     assert result["pruned"] and result["epochs_completed"] == 2
     assert not run.path.name.endswith(".incomplete")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_asks_for_a_clean_stop_and_a_second_one_aborts(signum):
+    """Ctrl-C and SIGTERM (kill, a scheduler's preemption) both save state; handlers are restored after."""
+    stop = StopRequest()
+    before = signal.getsignal(signum)
+    with stop.on_stop_signals():
+        os.kill(os.getpid(), signum)
+        assert stop.should_stop(0)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signum)
+    assert signal.getsignal(signum) is before
