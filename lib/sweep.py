@@ -221,12 +221,13 @@ def _run_trial(folder: SweepFolder, journal: Journal, space: SweepSpace, pruner:
     monitor = _TrialMonitor(journal, trial, worker, key, pruner, heartbeat_s=max(1.0, options.stale_after_s / 4))
     try:
         unfinished = RunFolder(folder.trials / (name + INCOMPLETE_SUFFIX))
-        if unfinished.training_state.is_file():
-            log.info("trial %d: continuing %s from its last checkpoint", trial.number, unfinished.path)
-            run = resume(unfinished.path, show_progress=options.show_progress, stop=monitor)
-        else:
-            run = train_new(trial_config(space, trial, folder), overwrite=True, show_progress=options.show_progress,
-                            stop=monitor)
+        with monitor.on_stop_signals():  # Ctrl-C / SIGTERM: the trial saves its state at the next step
+            if unfinished.training_state.is_file():
+                log.info("trial %d: continuing %s from its last checkpoint", trial.number, unfinished.path)
+                run = resume(unfinished.path, show_progress=options.show_progress, stop=monitor)
+            else:
+                run = train_new(trial_config(space, trial, folder), overwrite=True,
+                                show_progress=options.show_progress, stop=monitor)
     except TrainingInterrupted:
         if not monitor.lost.is_set():
             journal.requeue(trial.number, "interrupted")

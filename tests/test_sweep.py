@@ -1,11 +1,14 @@
 """sweep.py end to end on tiny models: trials are run folders, one is pruned, an interrupted sweep resumes."""
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
 import sweep
+from lib.checkpoint import load_state
 from lib.cli import run_cli
 from lib.search import Journal, TrialState
 from lib.sweep import SweepFolder, SweepOptions, run_sweep
@@ -54,9 +57,10 @@ def test_an_interrupted_sweep_resumes_the_running_trial_and_keeps_its_trial_budg
 
     original = lib.sweep._TrialMonitor.should_stop
 
-    def ctrl_c_in_trial_one(self, global_step):  # Ctrl-C during trial 1, at step 30 (epoch 2 of 3)
-        return (self.trial.number == 1 and global_step >= 30 and self.trial.attempt == 1) or \
-            original(self, global_step)
+    def ctrl_c_in_trial_one(self, global_step):  # a real Ctrl-C during trial 1, at step 30 (epoch 2 of 3)
+        if self.trial.number == 1 and global_step == 30 and self.trial.attempt == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, global_step)
 
     monkeypatch.setattr(lib.sweep._TrialMonitor, "should_stop", ctrl_c_in_trial_one)
     options = SweepOptions(trials=None, workers=1, stale_after_s=600, n_startup_trials=5, show_progress=False)
@@ -64,7 +68,8 @@ def test_an_interrupted_sweep_resumes_the_running_trial_and_keeps_its_trial_budg
         run_sweep(folder.path, options)
     trials = Journal.open(folder.journal).trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.WAITING]
-    assert (folder.trials / "trial-001.incomplete" / "last" / "training_state.pt").is_file()
+    state = load_state(folder.trials / "trial-001.incomplete" / "last" / "training_state.pt")
+    assert state["loop"]["global_step"] == 30  # saved at the step of the Ctrl-C, not at the last epoch end
 
     run_sweep(folder.path, options)  # a plain --resume: no --trials given again
     trials = Journal.open(folder.journal).trials()
