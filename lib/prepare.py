@@ -150,7 +150,8 @@ def _make_plan(cfg: TrainConfig, splits: Splits, preprocessor: TextPreprocessor,
         val_class_counts=class_distribution(splits.val.labels, splits.num_labels), max_length=max_length,
         learning_rate=default_learning_rate(cfg, preset), focal_alpha=list(alpha) if alpha else None,
         special_tokens=preprocessor.special_tokens, device=str(device), precision=precision,
-        world_size=world_size, micro_batches_per_epoch=micro, steps_per_epoch=per_epoch, total_steps=total, warmup_steps=warmup)
+        world_size=world_size, micro_batches_per_epoch=micro, steps_per_epoch=per_epoch, total_steps=total,
+        warmup_steps=warmup)
 
 
 def _model_limit(model: PreTrainedModel) -> int:

@@ -114,7 +114,8 @@ def create_sweep(config_path: Path, output_dir: Path, name: str | None, seed: in
                         f"python sweep.py --resume {folder.path}")
     folder.trials.mkdir(parents=True, exist_ok=True)
     folder.config.write_text(json.dumps(space.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    Journal.create(folder.journal, SweepHeader(uuid.uuid4().hex[:12], space.config_hash(), seed, space.to_dict(), trials))
+    header = SweepHeader(uuid.uuid4().hex[:12], space.config_hash(), seed, space.to_dict(), trials)
+    Journal.create(folder.journal, header)
     return folder
 
 
