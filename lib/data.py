@@ -114,11 +114,14 @@ def stratified_fold(table: TextTable, num_folds: int, fold: int, seed: int) -> t
     return table.subset(np.sort(train_index)), table.subset(np.sort(val_index))
 
 
-def stratified_sample(table: TextTable, n: int, seed: int) -> TextTable:
-    """At most `n` rows with the class proportions of `table` (for --max-train-samples)."""
+def stratified_sample(table: TextTable, n: int, seed: int, flag: str) -> TextTable:
+    """At most `n` rows with the class proportions of `table`; `flag` names the option that asked."""
     if n >= len(table):
         return table
-    index, _ = train_test_split(np.arange(len(table)), train_size=n, random_state=seed, stratify=table.labels)
+    try:
+        index, _ = train_test_split(np.arange(len(table)), train_size=n, random_state=seed, stratify=table.labels)
+    except ValueError as error:
+        raise UserError(f"{flag} {n}: cannot sample stratified ({error})") from None
     return table.subset(np.sort(index))
 
 
@@ -171,7 +174,7 @@ def load_splits(cfg: TrainConfig) -> Splits:
         raise UserError(f"--label-names: {len(cfg.label_names)} names given for {num_labels} classes "
                         f"in {cfg.train_file}; pass {num_labels} comma-separated names")
     if cfg.max_train_samples:
-        train = stratified_sample(train, cfg.max_train_samples, cfg.split_seed)
+        train = stratified_sample(train, cfg.max_train_samples, cfg.split_seed, "--max-train-samples")
     if cfg.augmented_train_file:
         augmented = read_table(cfg.augmented_train_file, columns, labelled=True, flag="--augmented-train-file")
         check_label_range(augmented, num_labels, cfg.augmented_train_file, cfg.label_column)

@@ -21,7 +21,7 @@ def test_split_is_stratified_seeded_and_disjoint(tmp_path):
     assert set(train.ids).isdisjoint(val.ids) and len(train) + len(val) == 400
     assert np.bincount(val.labels).tolist() == [25, 25, 25, 25]
     assert list(stratified_split(table, 0.25, seed=4)[1].ids) != list(val.ids)
-    small = stratified_sample(train, 40, seed=0)
+    small = stratified_sample(train, 40, seed=0, flag="--max-train-samples")
     assert np.bincount(small.labels).tolist() == [10, 10, 10, 10]
 
 
