@@ -50,6 +50,17 @@ def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScal
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
+@dataclass
+class LoopPosition:
+    """Where a training loop stands, saved with every checkpoint: a resumed run rebuilds the epoch's
+    batches from (seed, epoch) and skips the accumulation windows already done."""
+
+    epoch: int = 0
+    windows_done: int = 0  # accumulation windows finished in `epoch`
+    global_step: int = 0
+    schedule_step: int = 0  # optimizer steps actually applied (fp16 overflow steps do not count)
+
+
 @dataclass(frozen=True)
 class StepOutcome:
     grad_norm: torch.Tensor  # kept on the device: reading it is a host sync, done only when logging

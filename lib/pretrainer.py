@@ -108,13 +108,9 @@ class PretrainPlan:
 
 
 @dataclass
-class LoopState:
+class LoopState(amp.LoopPosition):
     """Counters saved with each checkpoint; everything else is rebuilt from the config."""
 
-    epoch: int = 0
-    windows_done: int = 0  # accumulation windows finished in `epoch`
-    global_step: int = 0
-    schedule_step: int = 0  # optimizer steps actually applied (fp16 overflow steps do not count)
     tokens_seen: int = 0  # real (unpadded) tokens of the training batches
     masked_tokens_seen: int = 0
     train_seconds: float = 0.0  # forward, backward and optimizer steps only

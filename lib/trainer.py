@@ -91,13 +91,9 @@ class TrainingInterrupted(Exception):
 
 
 @dataclass
-class LoopState:
+class LoopState(amp.LoopPosition):
     """Counters and trackers saved with each checkpoint; everything else is rebuilt from config."""
 
-    epoch: int = 0
-    windows_done: int = 0  # accumulation windows finished in `epoch`
-    global_step: int = 0
-    schedule_step: int = 0  # optimizer steps actually applied (fp16 overflow steps do not count)
     samples_seen: int = 0
     train_seconds: float = 0.0
     stop_training: bool = False
