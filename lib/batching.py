@@ -21,12 +21,17 @@ MEGABATCH_BATCHES = 50
 
 @dataclass(frozen=True)
 class EncodedTexts:
-    """Token ids per row (without padding), with the labels when known, and how batches pad."""
+    """Token ids per row (without padding), with the labels when known, and how batches pad.
+
+    `targets` (rows x classes probabilities) replaces the labels in training batches when some
+    rows are distilled from a teacher (one-hot for the labelled rows).
+    """
 
     input_ids: list[np.ndarray]
     labels: np.ndarray | None
     pad_token_id: int
     pad_to_multiple_of: int = 8  # see pad_multiple()
+    targets: np.ndarray | None = None
 
     @property
     def lengths(self) -> np.ndarray:
@@ -34,6 +39,11 @@ class EncodedTexts:
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    def retokenized(self, rows: np.ndarray, input_ids: list[np.ndarray]) -> "EncodedTexts":
+        """`rows` with new token ids (of augmented texts) and their own labels and targets."""
+        return EncodedTexts(input_ids, None if self.labels is None else self.labels[rows], self.pad_token_id,
+                            self.pad_to_multiple_of, None if self.targets is None else self.targets[rows])
 
 
 def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], limit: int) -> list[np.ndarray]:
@@ -102,7 +112,9 @@ def collate(data: EncodedTexts, rows: np.ndarray) -> dict[str, torch.Tensor]:
         attention_mask[out_row, :len(ids)] = 1
     batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
              "rows": torch.from_numpy(np.asarray(rows, dtype=np.int64))}
-    if data.labels is not None:
+    if data.targets is not None:
+        batch["labels"] = torch.from_numpy(data.targets[rows].astype(np.float32))
+    elif data.labels is not None:
         batch["labels"] = torch.from_numpy(data.labels[rows].astype(np.int64))
     return batch
 

@@ -63,6 +63,14 @@ class TrainConfig:
         "CSV of rows derived from training rows (ids '<source id>_<suffix>', as backtranslate.py writes); "
         "only those whose source row is in the training split are added to it, so nothing made from a "
         "validation row leaks", "data", parse=optional(str)))
+    unlabeled_file: str | None = field(default=None, metadata=option(
+        "CSV of unlabelled rows (ID, text) trained on with a teacher's class probabilities as soft targets "
+        "(distillation / self-training); needs --teacher-logits", "data", parse=optional(str)))
+    teacher_logits: str | None = field(default=None, metadata=option(
+        "the teacher's scores of the --unlabeled-file rows: the .npz of `predict.py <run or ensemble> "
+        "--test <that file> --logits-out <this file>`", "data", parse=optional(str)))
+    distill_temperature: float = field(default=1.0, metadata=option(
+        "soft targets are softmax(teacher score / T); T > 1 flattens them", "data"))
     test_file: str | None = field(default=None, metadata=option(
         "CSV to predict after training; writes submission.csv into the run folder", "data",
         parse=optional(str)))
@@ -296,6 +304,11 @@ class TrainConfig:
         if self.max_tokens_per_batch is not None and self.max_tokens_per_batch < 8:
             bad("max-tokens-per-batch", "a whole number >= 8")
         parse_augment_spec(self.augment)
+        if bool(self.unlabeled_file) != bool(self.teacher_logits):
+            raise UserError("--unlabeled-file and --teacher-logits: give both (texts and their teacher's scores) "
+                            "or neither")
+        if not self.distill_temperature > 0:
+            bad("distill-temperature", "a positive number")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             bad("device", "auto, cpu or cuda[:N]")
 

@@ -147,13 +147,90 @@ def class_distribution(labels: np.ndarray, num_labels: int) -> list[int]:
 
 
 @dataclass(frozen=True)
+class DistilledRows:
+    """Unlabelled training rows with a teacher's class probabilities as their targets."""
+
+    ids: np.ndarray
+    texts: list[str]
+    probabilities: np.ndarray  # (rows, classes), float32, rows sum to 1
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def load_distilled(cfg: TrainConfig, labelled_ids: np.ndarray, num_labels: int) -> DistilledRows:
+    """The rows of --unlabeled-file with softmax(teacher score / --distill-temperature) as targets.
+
+    The teacher's scores are joined by id from an `.npz` of `ids` and `logits` (what predict.py
+    --logits-out writes for a run or an ensemble). A row whose id is also in the labelled file is
+    refused: it would train on a teacher's guess for a row that has a label, or is validation.
+    """
+    columns = Columns(cfg.id_column, cfg.text_column, cfg.label_column)
+    table = read_table(cfg.unlabeled_file, columns, labelled=False, flag="--unlabeled-file")
+    shared = np.intersect1d(table.ids, labelled_ids)
+    if len(shared):
+        raise UserError(f"--unlabeled-file {cfg.unlabeled_file}: {len(shared)} ids are also in the "
+                        f"labelled data (e.g. {shared[0]!r}); expected rows without labels")
+    path = Path(cfg.teacher_logits)
+    if not path.is_file():
+        raise UserError(f"--teacher-logits: file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            teacher_ids, logits = stored["ids"].astype(str), stored["logits"].astype(np.float64)
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"--teacher-logits {path}: expected an .npz with 'ids' and 'logits' as predict.py "
+                        f"--logits-out writes ({error})") from None
+    if logits.ndim != 2 or logits.shape[1] != num_labels or len(logits) != len(teacher_ids):
+        raise UserError(f"--teacher-logits {path}: logits of shape {logits.shape}, expected one row per id "
+                        f"and {num_labels} classes")
+    position = {identifier: i for i, identifier in enumerate(teacher_ids.tolist())}
+    missing = [identifier for identifier in table.ids.tolist() if identifier not in position]
+    if missing:
+        raise UserError(f"--teacher-logits {path}: no scores for {len(missing)} of the {len(table)} rows of "
+                        f"{cfg.unlabeled_file} (e.g. {missing[0]!r}); write them with predict.py <teacher> "
+                        f"--test {cfg.unlabeled_file} --logits-out {path}")
+    scores = logits[[position[identifier] for identifier in table.ids.tolist()]]
+    if not np.isfinite(scores).all():
+        raise UserError(f"--teacher-logits {path}: holds non-finite scores")
+    scaled = scores / cfg.distill_temperature
+    probabilities = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    log.info("%s: %d unlabelled rows with teacher targets (temperature %g)", cfg.unlabeled_file, len(table),
+             cfg.distill_temperature)
+    return DistilledRows(table.ids, table.texts, probabilities.astype(np.float32))
+
+
+@dataclass(frozen=True)
 class Splits:
-    """The training and validation rows of one run, with the label set they were checked against."""
+    """The training and validation rows of one run, with the label set they were checked against.
+
+    Training is `train` (gold labels) followed by `distilled` (teacher targets), if any.
+    """
 
     train: TextTable
     val: TextTable
     num_labels: int
     label_names: tuple[str, ...]
+    distilled: DistilledRows | None = None
+
+    @property
+    def training_texts(self) -> list[str]:
+        return self.train.texts + (self.distilled.texts if self.distilled else [])
+
+    @property
+    def training_labels(self) -> np.ndarray:
+        """Gold labels, then the teacher's most probable class for distilled rows."""
+        if self.distilled is None:
+            return self.train.labels
+        return np.concatenate([self.train.labels, self.distilled.probabilities.argmax(axis=1)])
+
+    @property
+    def training_targets(self) -> np.ndarray | None:
+        """Per-row class probabilities (one-hot for gold rows) when rows are distilled, else None."""
+        if self.distilled is None:
+            return None
+        gold = np.eye(self.num_labels, dtype=np.float32)[self.train.labels]
+        return np.concatenate([gold, self.distilled.probabilities])
 
 
 def load_splits(cfg: TrainConfig) -> Splits:
@@ -179,4 +256,8 @@ def load_splits(cfg: TrainConfig) -> Splits:
         augmented = read_table(cfg.augmented_train_file, columns, labelled=True, flag="--augmented-train-file")
         check_label_range(augmented, num_labels, cfg.augmented_train_file, cfg.label_column)
         train = add_derived_rows(train, augmented, cfg.augmented_train_file)
-    return Splits(train, val, num_labels, tuple(cfg.label_names))
+    distilled = None
+    if cfg.unlabeled_file:
+        labelled_ids = np.concatenate([table.ids, val.ids]) if cfg.val_file else table.ids
+        distilled = load_distilled(cfg, labelled_ids, num_labels)
+    return Splits(train, val, num_labels, tuple(cfg.label_names), distilled)

@@ -3,6 +3,8 @@
 Soft-target form (Lin et al. 2017 with the smoothed target of Mueller et al. 2019):
     L_i = - sum_c alpha_c * q_ic * (1 - p_ic)^gamma * log p_ic,   q_i = (1 - eps) onehot(y_i) + eps / K
 At gamma=0 this is exactly `F.cross_entropy(weight=alpha, label_smoothing=eps, reduction="sum")`.
+`labels` may also be class probabilities (rows x classes: a teacher's soft targets), which take
+the place of onehot(y_i).
 The loss returns per-sample values; the caller divides their sum by the number of samples in the
 accumulation window, which keeps a short last window exact.
 """
@@ -35,7 +37,7 @@ class FocalLoss(nn.Module):
         """Per-sample losses in fp32 (fp64 for fp64 input), whatever the dtype of `logits`."""
         dtype = torch.promote_types(logits.dtype, torch.float32)
         log_p = F.log_softmax(logits.to(dtype), dim=-1)
-        target = F.one_hot(labels, self.num_classes).to(dtype)
+        target = labels.to(dtype) if labels.dim() == 2 else F.one_hot(labels, self.num_classes).to(dtype)
         if self.label_smoothing:
             target = target * (1.0 - self.label_smoothing) + self.label_smoothing / self.num_classes
         weight = target * self.alpha.to(dtype)

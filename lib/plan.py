@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 from pathlib import Path
 
@@ -38,6 +38,7 @@ class TrainingPlan:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    distilled_rows: int = 0  # unlabelled rows trained on with teacher targets (after the labelled ones)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,7 +47,7 @@ class TrainingPlan:
     def load(cls, path: Path) -> "TrainingPlan":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            return cls(**{f.name: data[f.name] for f in fields(cls)})
+            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data or f.default is MISSING})
         except FileNotFoundError:
             raise UserError(f"{path}: missing; not a run folder written by train.py") from None
         except (ValueError, KeyError, TypeError):

@@ -60,7 +60,7 @@ def prepare_new(cfg: TrainConfig, ctx: Distributed, device: torch.device, precis
     splits = load_splits(cfg)
     preprocessor = TextPreprocessor(cfg.unicode_normalization, cfg.max_char_repeat, cfg.special_patterns,
                                     cfg.special_pattern_min_count, cfg.num_rare_words_to_remove)
-    train_texts = preprocessor.fit(splits.train.texts).transform(splits.train.texts)
+    train_texts = preprocessor.fit(splits.training_texts).transform(splits.training_texts)
     val_texts = preprocessor.transform(splits.val.texts)
     cache = _cache(cfg)
     if not ctx.is_main:
@@ -87,14 +87,15 @@ def prepare_resumed(cfg: TrainConfig, run: RunFolder, ctx: Distributed) -> Prepa
     """The same inputs rebuilt from the run folder: saved plan, preprocessor, tokenizer, last weights."""
     plan = TrainingPlan.load(run.plan)
     splits = load_splits(cfg)
-    if splits.num_labels != plan.num_labels or len(splits.train) != sum(plan.train_class_counts):
+    if (splits.num_labels != plan.num_labels or len(splits.train) != sum(plan.train_class_counts)
+            or len(splits.distilled or ()) != plan.distilled_rows):
         raise UserError(f"--resume: the data behind {cfg.train_file} changed since {run.path} started")
     preprocessor = TextPreprocessor.load(run.preprocessor)
     tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
     model = load_classifier(existing_directory(run.last), plan.num_labels, plan.label_names, None)
     if not ctx.is_main:
         ctx.barrier()
-    train_ids, val_ids = _tokenize_splits(_cache(cfg), tokenizer, preprocessor.transform(splits.train.texts),
+    train_ids, val_ids = _tokenize_splits(_cache(cfg), tokenizer, preprocessor.transform(splits.training_texts),
                                           preprocessor.transform(splits.val.texts), _model_limit(model))
     if ctx.is_main:
         ctx.barrier()
@@ -140,8 +141,9 @@ def _make_plan(cfg: TrainConfig, splits: Splits, preprocessor: TextPreprocessor,
         alpha = auto_alpha(train_counts)
     elif alpha is not None and len(alpha) != splits.num_labels:
         raise UserError(f"--alpha: {len(alpha)} weights given, expected one per class ({splits.num_labels})")
-    micro, per_epoch, total, warmup = step_counts(cfg, len(splits.train), world_size, micro_batches,
-                                             from_scratch=preset is not None)
+    distilled_rows = len(splits.distilled or ())
+    micro, per_epoch, total, warmup = step_counts(cfg, len(splits.train) + distilled_rows, world_size,
+                                                  micro_batches, from_scratch=preset is not None)
     if cfg.lr_scheduler_type == "constant" and warmup:
         log.warning("--lr-scheduler-type constant ignores warmup (as in transformers); "
                     "use constant_with_warmup to warm up")
@@ -151,7 +153,7 @@ def _make_plan(cfg: TrainConfig, splits: Splits, preprocessor: TextPreprocessor,
         learning_rate=default_learning_rate(cfg, preset), focal_alpha=list(alpha) if alpha else None,
         special_tokens=preprocessor.special_tokens, device=str(device), precision=precision,
         world_size=world_size, micro_batches_per_epoch=micro, steps_per_epoch=per_epoch, total_steps=total,
-        warmup_steps=warmup)
+        warmup_steps=warmup, distilled_rows=distilled_rows)
 
 
 def _model_limit(model: PreTrainedModel) -> int:
@@ -176,8 +178,8 @@ def _tokenize_splits(cache: DiskCache, tokenizer: PreTrainedTokenizerBase, train
 def _truncated_splits(tokenizer: PreTrainedTokenizerBase, splits: Splits, train_ids: list[np.ndarray],
                       val_ids: list[np.ndarray], max_length: int, multiple: int) -> tuple[EncodedTexts, EncodedTexts]:
     trailing = trailing_special_tokens(tokenizer)
-    return (EncodedTexts(truncate(train_ids, max_length, trailing), splits.train.labels, tokenizer.pad_token_id,
-                         multiple),
+    return (EncodedTexts(truncate(train_ids, max_length, trailing), splits.training_labels, tokenizer.pad_token_id,
+                         multiple, splits.training_targets),
             EncodedTexts(truncate(val_ids, max_length, trailing), splits.val.labels, tokenizer.pad_token_id, multiple))
 
 

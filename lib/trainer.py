@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 from lib import amp, swa
 from lib.augment import augment_rows, parse_augment_spec
 from lib.backbone import load_classifier
-from lib.batching import collate, encode, padding_efficiency
+from lib.batching import collate, padding_efficiency, tokenize
 from lib.checkpoint import (CheckpointStore, atomic_directory, existing_directory, load_state, rng_state, save_state,
                             set_rng_state)
 from lib.config import TrainConfig
@@ -303,9 +303,9 @@ class _RunLoop:
         s = self.s
         if not self.augment.enabled:
             return collate(s.train_data, rows)
-        noisy = augment_rows(s.splits.train.texts, rows, self.augment, self.cfg.seed, self.loop.epoch)
-        encoded = encode(s.tokenizer, s.preprocessor.transform(noisy), self.plan.max_length,
-                         s.splits.train.labels[rows], s.train_data.pad_to_multiple_of)
+        noisy = augment_rows(s.splits.training_texts, rows, self.augment, self.cfg.seed, self.loop.epoch)
+        encoded = s.train_data.retokenized(rows, tokenize(s.tokenizer, s.preprocessor.transform(noisy),
+                                                          self.plan.max_length))
         return collate(encoded, np.arange(len(rows)))
 
     def _lr_multiplier(self) -> float:

@@ -80,6 +80,7 @@ def test_wrong_number_of_label_names(tmp_path, capsys):
     (["--max-tokens-per-batch", "8"], "--max-tokens-per-batch 8"),
     (["--augment", "typo=0.1"], "--augment"),
     (["--max-train-samples", "2"], "--max-train-samples 2: cannot sample stratified"),
+    (["--teacher-logits", "teacher.npz"], "--unlabeled-file and --teacher-logits: give both"),
 ])
 def test_bad_option_values(tmp_path, capsys, toy_data, flags, needle):
     _assert_refused(tmp_path, FAST + ["--train-file", str(toy_data["train"])] + flags, capsys, needle)

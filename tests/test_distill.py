@@ -1,0 +1,124 @@
+"""Distillation onto unlabelled rows: soft-target loss, the id join of the teacher's scores, bad input,
+and a real run whose student learns what the teacher says."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lib.data import load_splits
+from lib.errors import UserError
+from lib.losses import FocalLoss
+from lib.trainer import train_new
+from tests.conftest import tiny_config, write_reviews
+
+
+def _soft_batch(n=32, k=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, k, generator=generator) * 3
+    targets = torch.softmax(torch.randn(n, k, generator=generator) * 2, dim=-1)
+    return logits, targets
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_soft_targets_at_gamma_zero_are_cross_entropy_with_probabilities(smoothing):
+    logits, targets = _soft_batch()
+    alpha = [0.11, 0.45, 0.12, 0.32]
+    ours = FocalLoss(4, gamma=0.0, alpha=alpha, label_smoothing=smoothing)(logits, targets).sum()
+    reference = F.cross_entropy(logits, targets, weight=torch.tensor(alpha), label_smoothing=smoothing,
+                                reduction="sum")
+    torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_one_hot_targets_give_the_hard_label_loss(gamma):
+    logits, _ = _soft_batch()
+    labels = torch.arange(32) % 4
+    loss = FocalLoss(4, gamma=gamma, alpha=[1.0, 2.0, 0.5, 1.0], label_smoothing=0.1)
+    torch.testing.assert_close(loss(logits, F.one_hot(labels, 4).float()), loss(logits, labels))
+
+
+def _teacher(path, ids, logits):
+    np.savez(path, ids=np.asarray(ids, dtype=str), logits=np.asarray(logits, dtype=np.float32))
+    return path
+
+
+@pytest.fixture
+def unlabeled(tmp_path):
+    """A file of unlabelled toy reviews (ids U...) and the true classes a perfect teacher would know."""
+    path = write_reviews(tmp_path / "unlabeled.csv", 200, seed=11, prefix="U")
+    frame = pd.read_csv(path)
+    return path, frame["ID"].to_numpy(dtype=str), frame["label"].to_numpy()
+
+
+def test_teacher_scores_are_joined_by_id_and_softened_by_the_temperature(toy_data, tmp_path, unlabeled):
+    path, ids, classes = unlabeled
+    logits = np.random.default_rng(0).normal(size=(len(ids), 4)) * 3
+    order = np.random.default_rng(1).permutation(len(ids))  # the .npz need not follow the file's order
+    teacher = _teacher(tmp_path / "teacher.npz", ids[order], logits[order])
+    cfg = tiny_config(toy_data, tmp_path, unlabeled_file=str(path), teacher_logits=str(teacher),
+                      distill_temperature=2.0)
+    splits = load_splits(cfg)
+    expected = torch.softmax(torch.tensor(logits) / 2.0, dim=-1).numpy()
+    np.testing.assert_allclose(splits.distilled.probabilities, expected, rtol=1e-5, atol=1e-6)
+    targets = splits.training_targets
+    gold = len(splits.train)
+    assert targets.shape == (gold + len(ids), 4)
+    np.testing.assert_array_equal(targets[:gold].argmax(axis=1), splits.train.labels)
+    assert set(np.unique(targets[:gold])) == {0.0, 1.0}
+    np.testing.assert_array_equal(splits.training_labels[gold:], logits.argmax(axis=1))
+    assert splits.training_texts[gold:] == pd.read_csv(path)["review"].tolist()
+    assert not set(splits.val.ids) & set(splits.distilled.ids)
+
+
+def test_bad_distillation_inputs_are_refused_in_one_line(toy_data, tmp_path, unlabeled):
+    path, ids, _ = unlabeled
+
+    def refused(**values):
+        with pytest.raises(UserError) as error:
+            load_splits(tiny_config(toy_data, tmp_path, **values))
+        return str(error.value)
+
+    full = _teacher(tmp_path / "full.npz", ids, np.zeros((len(ids), 4)))
+    assert "give both" in refused(unlabeled_file=str(path))
+    assert "--distill-temperature" in refused(unlabeled_file=str(path), teacher_logits=str(full),
+                                              distill_temperature=0.0)
+    partial = _teacher(tmp_path / "partial.npz", ids[:-3], np.zeros((len(ids) - 3, 4)))
+    message = refused(unlabeled_file=str(path), teacher_logits=str(partial))
+    assert "--teacher-logits" in message and "no scores for 3 of the 200 rows" in message
+    three = _teacher(tmp_path / "three.npz", ids, np.zeros((len(ids), 3)))
+    assert "expected one row per id and 4 classes" in refused(unlabeled_file=str(path), teacher_logits=str(three))
+    assert "not found" in refused(unlabeled_file=str(path), teacher_logits=str(tmp_path / "missing.npz"))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    assert "expected an .npz" in refused(unlabeled_file=str(path), teacher_logits=str(tmp_path / "junk.npz"))
+    # the labelled file itself as "unlabelled" rows: validation rows would get the teacher's guesses
+    labelled_ids = pd.read_csv(toy_data["train"])["ID"].to_numpy(dtype=str)
+    over = _teacher(tmp_path / "over.npz", labelled_ids, np.zeros((len(labelled_ids), 4)))
+    message = refused(unlabeled_file=str(toy_data["train"]), teacher_logits=str(over))
+    assert "--unlabeled-file" in message and "480 ids are also in the labelled data" in message
+
+
+@pytest.mark.parametrize("shift, expect_learned", [(0, True), (1, False)])
+def test_the_student_learns_what_the_teacher_says(toy_data, tmp_path, unlabeled, shift, expect_learned):
+    """16 labelled rows teach little; 200 rows with the teacher's targets decide what the model learns.
+
+    A teacher that names the next class (shift 1) must pull the student away from the truth: this
+    fails if the soft targets do not reach the loss.
+    """
+    path, ids, classes = unlabeled
+    teacher = _teacher(tmp_path / "teacher.npz", ids, 4.0 * np.eye(4)[(classes + shift) % 4])
+    cfg = tiny_config(toy_data, tmp_path / "runs", max_train_samples=16, unlabeled_file=str(path),
+                      teacher_logits=str(teacher), num_train_epochs=5)
+    run = train_new(cfg)
+    accuracy = json.loads(run.result.read_text())["best"]["accuracy"]
+    plan = json.loads(run.plan.read_text())
+    assert plan["distilled_rows"] == 200 and sum(plan["train_class_counts"]) == 16
+    assert plan["steps_per_epoch"] == 14  # ceil(216 / 16)
+    if expect_learned:
+        assert accuracy > 0.9
+    else:
+        assert accuracy < 0.5
+
