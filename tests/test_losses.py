@@ -22,8 +22,12 @@ def test_gamma_zero_without_alpha_is_cross_entropy(smoothing):
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_alpha_weights_each_class_term_like_weighted_cross_entropy(smoothing):
+@pytest.mark.parametrize("soft", [False, True], ids=["labels", "probabilities"])
+def test_alpha_weights_each_class_term_like_weighted_cross_entropy(smoothing, soft):
+    """Also for soft targets (a teacher's class probabilities), which F.cross_entropy takes as well."""
     logits, labels = _batch()
+    if soft:
+        labels = torch.softmax(torch.randn(logits.shape, generator=torch.Generator().manual_seed(1)) * 2, dim=-1)
     alpha = [0.11, 0.45, 0.12, 0.32]
     ours = FocalLoss(4, gamma=0.0, alpha=alpha, label_smoothing=smoothing)(logits, labels).sum()
     reference = F.cross_entropy(logits, labels, weight=torch.tensor(alpha), label_smoothing=smoothing,
@@ -84,3 +88,10 @@ def test_auto_alpha_is_inverse_frequency_with_mean_one():
     alpha = auto_alpha([100, 50, 25, 25])
     assert pytest.approx(sum(alpha) / 4) == 1.0
     assert alpha[2] == pytest.approx(4 * alpha[0]) and alpha[1] == pytest.approx(2 * alpha[0])
+
+
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_one_hot_probability_targets_give_the_hard_label_loss(gamma):
+    logits, labels = _batch()
+    loss = FocalLoss(4, gamma=gamma, alpha=[1.0, 2.0, 0.5, 1.0], label_smoothing=0.1)
+    torch.testing.assert_close(loss(logits, F.one_hot(labels, 4).float()), loss(logits, labels))
