@@ -6,6 +6,8 @@ import csv
 import random
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from lib.config import TrainConfig
@@ -35,12 +37,24 @@ def write_reviews(path: Path, n: int, seed: int, labelled: bool = True, prefix: 
     return path
 
 
+def write_teacher_logits(path: Path, ids, logits) -> Path:
+    """Teacher scores as predict.py --logits-out writes them."""
+    np.savez(path, ids=np.asarray(ids, dtype=str), logits=np.asarray(logits, dtype=np.float32))
+    return path
+
+
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory) -> dict[str, Path]:
+    """Labelled rows, test rows, and unlabelled rows (ids U..., their label column unread) with the
+    scores of a teacher that knows their class."""
     folder = tmp_path_factory.mktemp("toy")
+    unlabeled = write_reviews(folder / "unlabeled.csv", 200, seed=11, prefix="U")
+    frame = pd.read_csv(unlabeled)
     return {
         "train": write_reviews(folder / "train.csv", 480, seed=1),
         "test": write_reviews(folder / "test.csv", 40, seed=2, labelled=False, prefix="T"),
+        "unlabeled": unlabeled,
+        "teacher": write_teacher_logits(folder / "teacher.npz", frame["ID"], 4.0 * np.eye(4)[frame["label"]]),
     }
 
 

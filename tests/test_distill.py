@@ -11,27 +11,21 @@ import torch
 from lib.data import load_splits
 from lib.errors import UserError
 from lib.trainer import train_new
-from tests.conftest import tiny_config, write_reviews
-
-
-def _teacher(path, ids, logits):
-    np.savez(path, ids=np.asarray(ids, dtype=str), logits=np.asarray(logits, dtype=np.float32))
-    return path
+from tests.conftest import tiny_config, write_teacher_logits
 
 
 @pytest.fixture
-def unlabeled(tmp_path):
-    """A file of unlabelled toy reviews (ids U...) and the true classes a perfect teacher would know."""
-    path = write_reviews(tmp_path / "unlabeled.csv", 200, seed=11, prefix="U")
-    frame = pd.read_csv(path)
-    return path, frame["ID"].to_numpy(dtype=str), frame["label"].to_numpy()
+def unlabeled(toy_data):
+    """The toy unlabelled rows, their ids, and the true classes a perfect teacher would know."""
+    frame = pd.read_csv(toy_data["unlabeled"])
+    return toy_data["unlabeled"], frame["ID"].to_numpy(dtype=str), frame["label"].to_numpy()
 
 
 def test_teacher_scores_are_joined_by_id_and_softened_by_the_temperature(toy_data, tmp_path, unlabeled):
     path, ids, classes = unlabeled
     logits = np.random.default_rng(0).normal(size=(len(ids), 4)) * 3
     order = np.random.default_rng(1).permutation(len(ids))  # the .npz need not follow the file's order
-    teacher = _teacher(tmp_path / "teacher.npz", ids[order], logits[order])
+    teacher = write_teacher_logits(tmp_path / "teacher.npz", ids[order], logits[order])
     cfg = tiny_config(toy_data, tmp_path, unlabeled_file=str(path), teacher_logits=str(teacher),
                       distill_temperature=2.0)
     splits = load_splits(cfg)
@@ -55,21 +49,21 @@ def test_bad_distillation_inputs_are_refused_in_one_line(toy_data, tmp_path, unl
             load_splits(tiny_config(toy_data, tmp_path, **values))
         return str(error.value)
 
-    full = _teacher(tmp_path / "full.npz", ids, np.zeros((len(ids), 4)))
+    full = write_teacher_logits(tmp_path / "full.npz", ids, np.zeros((len(ids), 4)))
     assert "give both" in refused(unlabeled_file=str(path))
     assert "--distill-temperature" in refused(unlabeled_file=str(path), teacher_logits=str(full),
                                               distill_temperature=0.0)
-    partial = _teacher(tmp_path / "partial.npz", ids[:-3], np.zeros((len(ids) - 3, 4)))
+    partial = write_teacher_logits(tmp_path / "partial.npz", ids[:-3], np.zeros((len(ids) - 3, 4)))
     message = refused(unlabeled_file=str(path), teacher_logits=str(partial))
     assert "--teacher-logits" in message and "no scores for 3 of the 200 rows" in message
-    three = _teacher(tmp_path / "three.npz", ids, np.zeros((len(ids), 3)))
+    three = write_teacher_logits(tmp_path / "three.npz", ids, np.zeros((len(ids), 3)))
     assert "expected one row per id and 4 classes" in refused(unlabeled_file=str(path), teacher_logits=str(three))
     assert "not found" in refused(unlabeled_file=str(path), teacher_logits=str(tmp_path / "missing.npz"))
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     assert "expected an .npz" in refused(unlabeled_file=str(path), teacher_logits=str(tmp_path / "junk.npz"))
     # the labelled file itself as "unlabelled" rows: validation rows would get the teacher's guesses
     labelled_ids = pd.read_csv(toy_data["train"])["ID"].to_numpy(dtype=str)
-    over = _teacher(tmp_path / "over.npz", labelled_ids, np.zeros((len(labelled_ids), 4)))
+    over = write_teacher_logits(tmp_path / "over.npz", labelled_ids, np.zeros((len(labelled_ids), 4)))
     message = refused(unlabeled_file=str(toy_data["train"]), teacher_logits=str(over))
     assert "--unlabeled-file" in message and "480 ids are also in the labelled data" in message
 
@@ -82,7 +76,7 @@ def test_the_student_learns_what_the_teacher_says(toy_data, tmp_path, unlabeled,
     fails if the soft targets do not reach the loss.
     """
     path, ids, classes = unlabeled
-    teacher = _teacher(tmp_path / "teacher.npz", ids, 4.0 * np.eye(4)[(classes + shift) % 4])
+    teacher = write_teacher_logits(tmp_path / "teacher.npz", ids, 4.0 * np.eye(4)[(classes + shift) % 4])
     cfg = tiny_config(toy_data, tmp_path / "runs", max_train_samples=16, unlabeled_file=str(path),
                       teacher_logits=str(teacher), num_train_epochs=5)
     run = train_new(cfg)

@@ -85,9 +85,12 @@ def _weights(run: RunFolder, which: str) -> dict:
 @pytest.mark.parametrize("stop_step, overrides", [
     (7, {}),                                        # mid-epoch, between logging steps
     (23, {"gradient_accumulation_steps": 2, "eval_steps": 10}),  # after an eval, with accumulation
+    (45, {"distill": True}),                        # in epoch 2 of labelled + distilled rows (35 steps each)
 ])
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(toy_data, tmp_path, stop_step, overrides):
     overrides = {"num_train_epochs": 2, "dropout_rate": 0.1, **overrides}
+    if overrides.pop("distill", False):
+        overrides.update(unlabeled_file=str(toy_data["unlabeled"]), teacher_logits=str(toy_data["teacher"]))
     straight = train_new(tiny_config(toy_data, tmp_path / "a", **overrides))
 
     cfg = tiny_config(toy_data, tmp_path / "b", **overrides)
