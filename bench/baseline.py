@@ -4,12 +4,15 @@
     python -m bench.baseline --config experiments/seed_final.yaml   # that experiment's split
     python -m bench.baseline --max-train-samples 20000 --seed 1
     python -m bench.baseline --test-file data/test.csv --out submission_tfidf.csv
+    python -m bench.baseline --blend-with runs/tiny-s42 runs/ens-offline   # does a model add to TF-IDF?
 
 The rows come from `lib.data.load_splits` with a `TrainConfig` built like train.py's (experiment
 file, then these flags), so the validation rows are exactly those a fine-tuning run with the same
 seed / val_size / train_file scores on, and every neural result can be reported next to this one.
 The texts are the raw reviews: a classical baseline should not depend on our preprocessing.
-Prints accuracy and macro-F1 on validation for the majority class and for TF-IDF + LR.
+Prints accuracy and macro-F1 on validation for the majority class and for TF-IDF + LR; with
+--blend-with, also for the equal-weight average of TF-IDF's and each given folder's validation
+log-probabilities (no weight is fitted on the validation rows, so the figure is not optimistic).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from sklearn.pipeline import FeatureUnion, make_pipeline
 from lib.cli import run_cli
 from lib.config import TrainConfig, read_config_file
 from lib.data import Columns, load_splits, read_table
+from lib.ensemble_members import read_val_logits
 from lib.errors import UserError
 from lib.metrics import classification_report, format_report
 from lib.predict import write_predictions
@@ -56,6 +60,26 @@ def scores(labels: np.ndarray, predictions: np.ndarray, num_labels: int) -> tupl
     return accuracy, macro_f1
 
 
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def aligned_log_probabilities(folder: Path, val_ids: np.ndarray, num_labels: int) -> np.ndarray:
+    """`folder`'s validation log-probabilities in `val_ids` order; refused if it was scored on other rows."""
+    ids, _, logits = read_val_logits(folder, num_labels)
+    position = {identifier: i for i, identifier in enumerate(ids.tolist())}
+    missing = [identifier for identifier in val_ids.tolist() if identifier not in position]
+    if missing or len(ids) != len(val_ids):
+        raise UserError(f"--blend-with {folder}: its validation rows are not this split's ({len(ids)} rows, "
+                        f"{len(missing)} of ours missing); give the --config/--seed it was trained with")
+    return log_softmax(logits[[position[identifier] for identifier in val_ids.tolist()]])
+
+
+def nll(log_probabilities: np.ndarray, labels: np.ndarray) -> float:
+    return float(-log_probabilities[np.arange(len(labels)), labels].mean())
+
+
 def main(argv: list[str]) -> int:
     parser = _Parser(prog="python -m bench.baseline", description=__doc__.splitlines()[0],
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -69,6 +93,9 @@ def main(argv: list[str]) -> int:
                         help="inverse L2 strength of the logistic regression (sklearn's default; "
                              "not tuned on the validation rows)")
     parser.add_argument("--max-iter", type=int, default=1000, help="L-BFGS iterations")
+    parser.add_argument("--blend-with", type=Path, nargs="+", default=(), metavar="FOLDER",
+                        help="run, cross-validation or ensemble folders scored on the same split: also score "
+                             "TF-IDF averaged with each one")
     parser.add_argument("--test-file", type=Path, default=None, help="CSV to predict (ID, review)")
     parser.add_argument("--out", type=Path, default=Path("submission_tfidf.csv"), help="with --test-file")
     args = parser.parse_args(argv)
@@ -88,17 +115,25 @@ def main(argv: list[str]) -> int:
     accuracy, macro_f1 = scores(val.labels, np.full(len(val), majority), splits.num_labels)
     print(f"majority class ({splits.label_names[majority]}): accuracy {accuracy:.4f}  macro_f1 {macro_f1:.4f}")
 
+    others = {folder: aligned_log_probabilities(folder, val.ids, splits.num_labels) for folder in args.blend_with}
     model = build_model(args.C, args.max_iter, cfg.seed)
     fit_start = time.perf_counter()
     model.fit(train.texts, train.labels)
     fit_seconds = time.perf_counter() - fit_start
     probabilities = model.predict_proba(val.texts)
+    log_probabilities = np.log(np.clip(probabilities, 1e-12, None))
     accuracy, macro_f1 = scores(val.labels, probabilities.argmax(axis=1), splits.num_labels)
-    print(f"TF-IDF + LR (C={args.C:g}): accuracy {accuracy:.4f}  macro_f1 {macro_f1:.4f}")
+    print(f"TF-IDF + LR (C={args.C:g}): accuracy {accuracy:.4f}  macro_f1 {macro_f1:.4f}  "
+          f"nll {nll(log_probabilities, val.labels):.4f}")
     print(format_report(classification_report(probabilities, val.labels, splits.label_names)))
     union = model.steps[0][1]
     sizes = ", ".join(f"{name} {len(vectorizer.vocabulary_)}" for name, vectorizer in union.transformer_list)
     print(f"features: {sizes}; fit {fit_seconds:.0f} s")
+    for folder, other in others.items():
+        blended = (log_probabilities + other) / 2  # equal weights: nothing fitted on the validation rows
+        accuracy, macro_f1 = scores(val.labels, blended.argmax(axis=1), splits.num_labels)
+        print(f"TF-IDF + LR averaged with {folder}: accuracy {accuracy:.4f}  macro_f1 {macro_f1:.4f}  "
+              f"nll {nll(log_softmax(blended), val.labels):.4f}")
 
     if args.test_file:
         columns = Columns(cfg.id_column, cfg.text_column, cfg.label_column)

@@ -78,7 +78,7 @@ def open_member(path: Path) -> Member:
         names, counts = tuple(plan["label_names"]), tuple(plan["train_class_counts"])
     except KeyError as missing:
         raise UserError(f"{run.plan}: no {missing} entry; not a plan written by train.py") from None
-    ids, labels, logits = _read_val_logits(path, len(names))
+    ids, labels, logits = read_val_logits(path, len(names))
     return Member(path, cfg.model, (path,), names, counts, cfg.id_column, cfg.text_column, ids, labels, logits)
 
 
@@ -86,14 +86,15 @@ def _open_folds(path: Path) -> Member:
     try:
         spec = json.loads((path / FOLDS_FILE).read_text(encoding="utf-8"))
         names, runs = tuple(spec["label_names"]), tuple(path / fold for fold in spec["folds"])
-        ids, labels, logits = _read_val_logits(path, len(names))
+        ids, labels, logits = read_val_logits(path, len(names))
         return Member(path, spec["model"], runs, names, tuple(spec["train_class_counts"]), spec["id_column"],
                       spec["text_column"], ids, labels, logits)
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{path / FOLDS_FILE}: not written by this version of ensemble.py") from None
 
 
-def _read_val_logits(path: Path, num_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def read_val_logits(path: Path, num_labels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ids, labels and validation logits of a run, cross-validation or ensemble folder."""
     try:
         with np.load(path / VAL_LOGITS) as saved:
             ids, labels, logits = saved["ids"].astype(str), saved["labels"].astype(np.int64), saved["logits"]
