@@ -7,6 +7,7 @@
 #   PRIOR_CORRECTION=none bash experiments/nsmc4_recipe.sh        # the plain vote (best accuracy)
 # Validation figures of each step are in README.md (Results). On a GPU: not measured.
 # Pretraining is left out: 15 minutes of pretrain.py gave a tiny model nothing measurable here.
+# Distillation onto data/unlabeled.csv.gz is left out too: the student matched the vote, not more (README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=.venv/bin/python
