@@ -89,7 +89,8 @@ def prepare_resumed(cfg: TrainConfig, run: RunFolder, ctx: Distributed) -> Prepa
     splits = load_splits(cfg)
     if (splits.num_labels != plan.num_labels or len(splits.train) != sum(plan.train_class_counts)
             or len(splits.distilled or ()) != plan.distilled_rows):
-        raise UserError(f"--resume: the data behind {cfg.train_file} changed since {run.path} started")
+        sources = cfg.train_file + (f" and {cfg.unlabeled_file}" if cfg.unlabeled_file else "")
+        raise UserError(f"--resume: the data behind {sources} changed since {run.path} started")
     preprocessor = TextPreprocessor.load(run.preprocessor)
     tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
     model = load_classifier(existing_directory(run.last), plan.num_labels, plan.label_names, None)

@@ -10,8 +10,8 @@ import torch
 
 from lib.data import load_splits
 from lib.errors import UserError
-from lib.trainer import train_new
-from tests.conftest import tiny_config, write_teacher_logits
+from lib.trainer import TrainingInterrupted, resume, train_new
+from tests.conftest import StopAtStep, tiny_config, write_teacher_logits
 
 
 @pytest.fixture
@@ -89,3 +89,16 @@ def test_the_student_learns_what_the_teacher_says(toy_data, tmp_path, unlabeled,
     else:
         assert accuracy < 0.5
 
+
+
+def test_resume_refuses_a_run_whose_unlabelled_rows_changed(toy_data, tmp_path):
+    frame = pd.read_csv(toy_data["unlabeled"])
+    unlabeled = tmp_path / "unlabeled.csv"
+    frame.to_csv(unlabeled, index=False)
+    cfg = tiny_config(toy_data, tmp_path / "runs", unlabeled_file=str(unlabeled),
+                      teacher_logits=str(toy_data["teacher"]))
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        train_new(cfg, stop=StopAtStep(3))
+    frame.iloc[:150].to_csv(unlabeled, index=False)
+    with pytest.raises(UserError, match=f"data behind .* and {unlabeled} changed"):
+        resume(interrupted.value.run_path)
