@@ -31,7 +31,7 @@ from sklearn.pipeline import FeatureUnion, make_pipeline
 
 from lib.cli import run_cli
 from lib.config import TrainConfig, read_config_file
-from lib.data import Columns, load_splits, read_table
+from lib.data import Columns, load_splits, positions, read_table
 from lib.ensemble_members import read_val_logits
 from lib.errors import UserError
 from lib.metrics import classification_report, format_report
@@ -68,12 +68,12 @@ def log_softmax(scores: np.ndarray) -> np.ndarray:
 def aligned_log_probabilities(folder: Path, val_ids: np.ndarray, num_labels: int) -> np.ndarray:
     """`folder`'s validation log-probabilities in `val_ids` order; refused if it was scored on other rows."""
     ids, _, logits = read_val_logits(folder, num_labels)
-    position = {identifier: i for i, identifier in enumerate(ids.tolist())}
-    missing = [identifier for identifier in val_ids.tolist() if identifier not in position]
+    index = positions(ids, val_ids)
+    missing = int((index < 0).sum())
     if missing or len(ids) != len(val_ids):
         raise UserError(f"--blend-with {folder}: its validation rows are not this split's ({len(ids)} rows, "
-                        f"{len(missing)} of ours missing); give the --config/--seed it was trained with")
-    return log_softmax(logits[[position[identifier] for identifier in val_ids.tolist()]])
+                        f"{missing} of ours missing); give the --config/--seed it was trained with")
+    return log_softmax(logits[index])
 
 
 def nll(log_probabilities: np.ndarray, labels: np.ndarray) -> float:

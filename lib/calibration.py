@@ -178,13 +178,9 @@ def correct_priors(scores: np.ndarray, train_counts: np.ndarray, method: str) ->
     if method == "em":
         prior, iterations = em_prior(scores, source)
         return PriorCorrection(method, shift_prior(scores, source, prior), prior, iterations)
-    if method == "train":
-        adjusted = log_softmax(log_softmax(np.asarray(scores, dtype=np.float64), axis=1)
-                               + match_prior(scores, source), axis=1)
-        return PriorCorrection(method, adjusted, source)
-    if method == "counts":
-        adjusted = log_softmax(log_softmax(np.asarray(scores, dtype=np.float64), axis=1)
-                               + match_decisions(scores, source), axis=1)
+    if method in ("train", "counts"):
+        offsets = match_prior(scores, source) if method == "train" else match_decisions(scores, source)
+        adjusted = log_softmax(log_softmax(np.asarray(scores, dtype=np.float64), axis=1) + offsets, axis=1)
         return PriorCorrection(method, adjusted, source)
     raise ValueError(f"unknown prior correction {method!r}")
 

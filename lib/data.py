@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,11 @@ def add_derived_rows(train: TextTable, derived: TextTable, path: str) -> TextTab
                      np.concatenate([train.labels, extra.labels]))
 
 
+def positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Index into `ids` (unique) of each of `wanted`; -1 where an id of `wanted` is not in `ids`."""
+    return pd.Index(ids).get_indexer(wanted)
+
+
 def class_distribution(labels: np.ndarray, num_labels: int) -> list[int]:
     return np.bincount(labels, minlength=num_labels).tolist()
 
@@ -183,13 +189,13 @@ def load_distilled(cfg: TrainConfig, labelled_ids: np.ndarray, num_labels: int) 
     if logits.ndim != 2 or logits.shape[1] != num_labels or len(logits) != len(teacher_ids):
         raise UserError(f"--teacher-logits {path}: logits of shape {logits.shape}, expected one row per id "
                         f"and {num_labels} classes")
-    position = {identifier: i for i, identifier in enumerate(teacher_ids.tolist())}
-    missing = [identifier for identifier in table.ids.tolist() if identifier not in position]
-    if missing:
+    index = positions(teacher_ids, table.ids)
+    missing = table.ids[index < 0]
+    if len(missing):
         raise UserError(f"--teacher-logits {path}: no scores for {len(missing)} of the {len(table)} rows of "
-                        f"{cfg.unlabeled_file} (e.g. {missing[0]!r}); write them with predict.py <teacher> "
+                        f"{cfg.unlabeled_file} (e.g. {str(missing[0])!r}); write them with predict.py <teacher> "
                         f"--test {cfg.unlabeled_file} --logits-out {path}")
-    scores = logits[[position[identifier] for identifier in table.ids.tolist()]]
+    scores = logits[index]
     if not np.isfinite(scores).all():
         raise UserError(f"--teacher-logits {path}: holds non-finite scores")
     scaled = scores / cfg.distill_temperature
@@ -213,9 +219,14 @@ class Splits:
     label_names: tuple[str, ...]
     distilled: DistilledRows | None = None
 
-    @property
+    @cached_property
     def training_texts(self) -> list[str]:
+        """Built once: augmentation reads it for every training batch."""
         return self.train.texts + (self.distilled.texts if self.distilled else [])
+
+    @property
+    def distilled_rows(self) -> int:
+        return len(self.distilled) if self.distilled else 0
 
     @property
     def training_labels(self) -> np.ndarray:

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from lib.config import TrainConfig
+from lib.data import positions
 from lib.errors import UserError
 from lib.predict import load_run, predict_table
 from lib.run_folder import INCOMPLETE_SUFFIX, RunFolder
@@ -131,17 +132,12 @@ def align_validation(members: list[Member]) -> AlignedValidation:
             raise UserError(f"{member.path}: validation rows differ from {first.path} ({len(missing)} of "
                             f"{len(first.val_ids)} ids missing, {len(extra)} others); members must be validated "
                             "on the same rows (same --train-file, --seed and --val-size/--val-file/--num-folds)")
-        order = _positions(member.val_ids, first.val_ids)
+        order = positions(member.val_ids, first.val_ids)
         if (member.val_labels[order] != first.val_labels).any():
             raise UserError(f"{member.path}: validation labels differ from {first.path} on the same ids; "
                             "were they trained on different versions of the data?")
         stacked.append(member.val_logits[order])
     return AlignedValidation(first.val_ids, first.val_labels, np.stack(stacked))
-
-
-def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Index into `ids` of each of `wanted` (ids are unique and cover `wanted`)."""
-    return pd.Index(ids).get_indexer(wanted)
 
 
 def check_test_columns(path: Path, members: list[Member]) -> None:
@@ -175,11 +171,11 @@ def predict_members(members: list[Member], path: Path, average: str, device: str
             run_ids, logits = _predict_run(run_path, path, device, show_progress, batch_size)
             if fold_ids is None:
                 fold_ids = run_ids
-            fold_scores.append(logits[_positions(run_ids, fold_ids)])
+            fold_scores.append(logits[positions(run_ids, fold_ids)])
         scores = pool(np.stack(fold_scores), equal_weights(len(fold_scores)), average)
         if ids is None:
             ids = fold_ids
-        stacked.append(scores[_positions(fold_ids, ids)])
+        stacked.append(scores[positions(fold_ids, ids)])
     return ids, np.stack(stacked)
 
 

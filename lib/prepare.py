@@ -88,7 +88,7 @@ def prepare_resumed(cfg: TrainConfig, run: RunFolder, ctx: Distributed) -> Prepa
     plan = TrainingPlan.load(run.plan)
     splits = load_splits(cfg)
     if (splits.num_labels != plan.num_labels or len(splits.train) != sum(plan.train_class_counts)
-            or len(splits.distilled or ()) != plan.distilled_rows):
+            or splits.distilled_rows != plan.distilled_rows):
         sources = cfg.train_file + (f" and {cfg.unlabeled_file}" if cfg.unlabeled_file else "")
         raise UserError(f"--resume: the data behind {sources} changed since {run.path} started")
     preprocessor = TextPreprocessor.load(run.preprocessor)
@@ -142,8 +142,7 @@ def _make_plan(cfg: TrainConfig, splits: Splits, preprocessor: TextPreprocessor,
         alpha = auto_alpha(train_counts)
     elif alpha is not None and len(alpha) != splits.num_labels:
         raise UserError(f"--alpha: {len(alpha)} weights given, expected one per class ({splits.num_labels})")
-    distilled_rows = len(splits.distilled or ())
-    micro, per_epoch, total, warmup = step_counts(cfg, len(splits.train) + distilled_rows, world_size,
+    micro, per_epoch, total, warmup = step_counts(cfg, len(splits.train) + splits.distilled_rows, world_size,
                                                   micro_batches, from_scratch=preset is not None)
     if cfg.lr_scheduler_type == "constant" and warmup:
         log.warning("--lr-scheduler-type constant ignores warmup (as in transformers); "
@@ -154,7 +153,7 @@ def _make_plan(cfg: TrainConfig, splits: Splits, preprocessor: TextPreprocessor,
         learning_rate=default_learning_rate(cfg, preset), focal_alpha=list(alpha) if alpha else None,
         special_tokens=preprocessor.special_tokens, device=str(device), precision=precision,
         world_size=world_size, micro_batches_per_epoch=micro, steps_per_epoch=per_epoch, total_steps=total,
-        warmup_steps=warmup, distilled_rows=distilled_rows)
+        warmup_steps=warmup, distilled_rows=splits.distilled_rows)
 
 
 def _model_limit(model: PreTrainedModel) -> int:
