@@ -14,10 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from lib.backtranslate import GenerationSettings, back_translate_file
-from lib.cli import CliParser, run_cli
-from lib.data import Columns
-from lib.progress import progress_enabled
+from lib.core.cli import CliParser, run_cli
+from lib.core.progress import progress_enabled
+from lib.data.backtranslate import GenerationSettings, back_translate_file
+from lib.data.tables import Columns
 
 
 def main(argv: list[str]) -> int:

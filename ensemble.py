@@ -11,13 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from lib.calibration import CALIBRATIONS, PRIOR_CORRECTIONS
-from lib.cli import CliParser, run_cli
-from lib.ensemble import vote
-from lib.ensemble_train import train_ensemble
-from lib.progress import progress_enabled
-from lib.trainer import StopRequest, TrainingInterrupted
-from lib.voting import AVERAGE_MODES
+from lib.core.cli import CliParser, run_cli
+from lib.core.progress import progress_enabled
+from lib.ensemble.calibration import CALIBRATIONS, PRIOR_CORRECTIONS
+from lib.ensemble.pooling import AVERAGE_MODES
+from lib.ensemble.train import train_ensemble
+from lib.ensemble.vote import vote
+from lib.loop.stop import StopRequest, TrainingInterrupted
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -10,11 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from lib.cli import CliParser, run_cli
-from lib.ensemble import is_ensemble_folder, predict_with_ensemble
-from lib.errors import UserError
-from lib.predict import distribution_table, load_run, predict_table, save_logits, write_predictions
-from lib.progress import progress_enabled
+from lib.core.cli import CliParser, run_cli
+from lib.core.errors import UserError
+from lib.core.progress import progress_enabled
+from lib.ensemble.vote import is_ensemble_folder, predict_with_ensemble
+from lib.finetune.predict import distribution_table, load_run, predict_table, save_logits, write_predictions
 
 
 def main(argv: list[str]) -> int:

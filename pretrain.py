@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import sys
 
-from lib.cli import run_cli
-from lib.pretrain_config import parse_pretrain_args
-from lib.pretrainer import PretrainingInterrupted, pretrain_new, resume_pretraining
-from lib.progress import progress_enabled
-from lib.trainer import StopRequest
+from lib.core.cli import run_cli
+from lib.core.progress import progress_enabled
+from lib.loop.stop import StopRequest
+from lib.pretrain.config import parse_pretrain_args
+from lib.pretrain.trainer import PretrainingInterrupted, pretrain_new, resume_pretraining
 
 
 def main(argv: list[str]) -> int:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lib.cli import CliParser, run_cli
-from lib.errors import UserError
-from lib.progress import progress_enabled
-from lib.sweep import SweepFolder, SweepOptions, create_sweep, run_sweep, write_status
+from lib.core.cli import CliParser, run_cli
+from lib.core.errors import UserError
+from lib.core.progress import progress_enabled
+from lib.search.sweep import SweepFolder, SweepOptions, create_sweep, run_sweep, write_status
 
 
 def main(argv: list[str]) -> int:

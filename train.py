@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import sys
 
-from lib.cli import run_cli
-from lib.config import parse_train_args
-from lib.progress import progress_enabled
-from lib.trainer import StopRequest, TrainingInterrupted, resume, train_new
+from lib.core.cli import run_cli
+from lib.core.progress import progress_enabled
+from lib.finetune.config import parse_train_args
+from lib.finetune.trainer import resume, train_new
+from lib.loop.stop import StopRequest, TrainingInterrupted
 
 
 def main(argv: list[str]) -> int:

@@ -29,13 +29,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.pipeline import FeatureUnion, make_pipeline
 
-from lib.cli import run_cli
-from lib.config import TrainConfig, read_config_file
-from lib.data import Columns, load_splits, positions, read_table
-from lib.ensemble_members import read_val_logits
-from lib.errors import UserError
-from lib.metrics import classification_report, format_report
-from lib.predict import write_predictions
+from lib.core.cli import run_cli
+from lib.core.errors import UserError
+from lib.data.tables import Columns, positions, read_table
+from lib.ensemble.members import read_val_logits
+from lib.finetune.config import TrainConfig, read_config_file
+from lib.finetune.metrics import classification_report, format_report
+from lib.finetune.predict import write_predictions
+from lib.finetune.splits import load_splits
 
 
 class _Parser(argparse.ArgumentParser):

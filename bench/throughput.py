@@ -71,21 +71,23 @@ import numpy as np
 import pandas as pd
 import torch
 import transformers
-from transformers import (AutoTokenizer, DataCollatorWithPadding, PrinterCallback, PreTrainedTokenizerBase, Trainer,
+from transformers import (AutoTokenizer, DataCollatorWithPadding, PreTrainedTokenizerBase, PrinterCallback, Trainer,
                           TrainerCallback, TrainingArguments)
 
-from lib import batching
-from lib.backbone import load_classifier, prepare_backbone
-from lib.batching import encode, tokenize, trailing_special_tokens, training_batches, truncate
-from lib.cache import DiskCache
-from lib.cli import run_cli
-from lib.config import TrainConfig
-from lib.data import Columns, Splits, load_splits, read_table
-from lib.errors import UserError
-from lib.evaluate import predict_logits
-from lib.predict import load_run, predict_table
-from lib.preprocess import TextPreprocessor
-from lib.trainer import StopRequest, train_new
+from lib.core.cache import DiskCache
+from lib.core.cli import run_cli
+from lib.core.errors import UserError
+from lib.data import batching
+from lib.data.batching import encode, tokenize, trailing_special_tokens, training_batches, truncate
+from lib.data.preprocess import TextPreprocessor
+from lib.data.tables import Columns, read_table
+from lib.finetune.config import TrainConfig
+from lib.finetune.evaluate import predict_logits
+from lib.finetune.predict import load_run, predict_table
+from lib.finetune.splits import Splits, load_splits
+from lib.finetune.trainer import train_new
+from lib.loop.stop import StopRequest
+from lib.model.backbone import load_classifier, prepare_backbone
 
 LOSS_TOLERANCE = 0.03  # relative difference of final validation losses flagged as "not the same training"
 PARTS = ("trainer", "compile", "cache")

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lib.config import TrainConfig
-from lib.trainer import StopRequest
+from lib.finetune.config import TrainConfig
+from lib.loop.stop import StopRequest
 
 # Each class has its own cue words; filler words are shared, so the task is separable but not trivial.
 CUES = {

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from lib.augment import (FINAL_SUBSTITUTES, FINALS, INITIAL_SUBSTITUTES, INITIALS, MEDIAL_SUBSTITUTES, MEDIALS,
-                         NUM_SYLLABLES, OPERATIONS, SYLLABLE_BASE, AugmentSpec, augment_generator, augment_rows,
-                         augment_text, compose, decompose, jamo_typos, parse_augment_spec)
-from lib.errors import UserError
+from lib.core.errors import UserError
+from lib.data.augment import (FINAL_SUBSTITUTES, FINALS, INITIAL_SUBSTITUTES, INITIALS, MEDIAL_SUBSTITUTES, MEDIALS,
+                              NUM_SYLLABLES, OPERATIONS, SYLLABLE_BASE, AugmentSpec, augment_generator, augment_rows,
+                              augment_text, compose, decompose, jamo_typos, parse_augment_spec)
 
 TEXTS = [
     "스릴러는 아니었지만 돼개 웃곀ㅋㅋㅋㅋ 진짜 재밌다!!",

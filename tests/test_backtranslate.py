@@ -10,8 +10,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import BartConfig, BartForConditionalGeneration, PreTrainedTokenizerFast
 
 import backtranslate
-from lib.backtranslate import select_paraphrases
-from lib.cli import run_cli
+from lib.core.cli import run_cli
+from lib.data.backtranslate import select_paraphrases
 from tests.conftest import CUES, FILLER, write_reviews
 
 ROWS = 24

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import train
-from lib.cli import run_cli
+from lib.core.cli import run_cli
 from tests.conftest import write_reviews
 
 FAST = ["--model", "scratch:tiny", "--scratch-vocab-size", "200", "--epochs", "1", "--quiet", "--no-cache"]
@@ -120,6 +120,7 @@ def test_resume_refuses_corrupt_and_foreign_checkpoints(tmp_path, capsys, toy_da
     code, err = _run(["--resume", str(folder)], capsys)
     assert code == 2 and "config.json" in err[-1]
     import shutil
+
     from tests.conftest import tiny_config
     tiny_config(toy_data, tmp_path).save(folder / "config.json")
     (folder / "plan.json").write_text("{}")

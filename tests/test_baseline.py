@@ -3,9 +3,9 @@
 import numpy as np
 
 from bench import baseline
-from lib.cli import run_cli
-from lib.config import TrainConfig
-from lib.data import load_splits
+from lib.core.cli import run_cli
+from lib.finetune.config import TrainConfig
+from lib.finetune.splits import load_splits
 
 
 def _val_logits_folder(path, ids, labels, logits):

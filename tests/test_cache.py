@@ -3,8 +3,8 @@
 import multiprocessing
 from pathlib import Path
 
-from lib.batching import load_ids, save_ids, tokenize, trailing_special_tokens, truncate
-from lib.cache import DiskCache
+from lib.core.cache import DiskCache
+from lib.data.batching import load_ids, save_ids, tokenize, trailing_special_tokens, truncate
 
 
 def _build_counter(calls: list, value: str):
@@ -71,7 +71,7 @@ def test_concurrent_writers_agree_on_one_entry(tmp_path):
 
 
 def test_ids_round_trip_and_truncation_matches_the_tokenizer(tmp_path):
-    from lib.backbone import train_wordpiece
+    from lib.model.backbone import train_wordpiece
 
     texts = ["영화 정말 재밌다 최고 " * k for k in range(1, 8)] + [""]
     tokenizer = train_wordpiece(texts * 5, 100, [])

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax, softmax
 
-from lib.calibration import (correct_priors, em_prior, expected_calibration_error, fit_temperature,
-                             match_prior, nll)
+from lib.ensemble.calibration import (correct_priors, em_prior, expected_calibration_error, fit_temperature,
+                                      match_prior, nll)
 
 
 def _sample_labels(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:

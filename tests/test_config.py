@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from lib.config import TrainConfig, build_train_parser, parse_train_args
-from lib.errors import UserError
+from lib.core.errors import UserError
+from lib.finetune.config import TrainConfig, build_train_parser, parse_train_args
 
 
 def test_user_names_and_aliases_fill_the_config():
@@ -67,7 +67,7 @@ def test_help_documents_every_option_with_its_default():
 
 @pytest.mark.parametrize("metric, greater", [("eval_loss", False), ("accuracy", True), ("eval_macro_f1", True)])
 def test_metric_for_best_model_accepts_the_eval_prefix(metric, greater):
-    from lib.selection import CheckpointSelector
+    from lib.finetune.selection import CheckpointSelector
 
     cfg = TrainConfig(metric_for_best_model=metric)
     assert CheckpointSelector(cfg.selection_metric).greater_is_better is greater

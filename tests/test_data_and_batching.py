@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from transformers import BertConfig, BertForSequenceClassification
 
-from lib.batching import EncodedTexts, collate, padding_efficiency, sorted_batches, training_batches
-from lib.data import Columns, read_table, stratified_sample, stratified_split
-from lib.errors import UserError
-from lib.optim import build_adamw
+from lib.core.errors import UserError
+from lib.data.batching import EncodedTexts, collate, padding_efficiency, sorted_batches, training_batches
+from lib.data.tables import Columns, read_table, stratified_sample, stratified_split
+from lib.loop.optim import build_adamw
 from tests.conftest import write_reviews
 
 COLUMNS = Columns("ID", "review", "label")
@@ -26,7 +26,7 @@ def test_split_is_stratified_seeded_and_disjoint(tmp_path):
 
 
 def test_folds_cover_every_row_once(tmp_path):
-    from lib.data import stratified_fold
+    from lib.data.tables import stratified_fold
 
     table = read_table(write_reviews(tmp_path / "t.csv", 100, seed=0), COLUMNS, labelled=True, flag="--train-file")
     folds = [stratified_fold(table, 5, k, seed=1) for k in range(5)]
@@ -89,7 +89,7 @@ def test_collate_pads_to_the_longest_row_rounded_up_and_masks_the_padding(multip
 def test_only_eager_fp32_on_a_cpu_pads_to_the_exact_longest_row():
     import torch
 
-    from lib.batching import pad_multiple
+    from lib.data.batching import pad_multiple
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert pad_multiple(cpu, "fp32", compiled=False) == 1
@@ -113,7 +113,7 @@ def test_weight_decay_groups_match_the_hf_trainer():
 
 
 def test_token_budget_caps_padded_tokens_and_lets_short_texts_fill_larger_batches():
-    from lib.batching import padded_width
+    from lib.data.batching import padded_width
 
     lengths = _lengths()
     batches = training_batches(lengths, 64, seed=2, epoch=0, group_by_length=True, max_tokens=512)
@@ -124,7 +124,7 @@ def test_token_budget_caps_padded_tokens_and_lets_short_texts_fill_larger_batche
 
 
 def test_the_validation_split_follows_split_seed_not_seed(toy_data, tmp_path):
-    from lib.data import load_splits
+    from lib.finetune.splits import load_splits
     from tests.conftest import tiny_config
 
     ids = lambda **kw: list(load_splits(tiny_config(toy_data, tmp_path, **kw)).val.ids)
@@ -136,7 +136,7 @@ def test_augmented_rows_join_training_only_when_their_source_row_is_there(toy_da
     """A paraphrase of a validation review must never reach training, and originals are not doubled."""
     import pandas as pd
 
-    from lib.data import load_splits
+    from lib.finetune.splits import load_splits
     from tests.conftest import tiny_config
 
     frame = pd.read_csv(toy_data["train"])
@@ -153,7 +153,7 @@ def test_augmented_rows_join_training_only_when_their_source_row_is_there(toy_da
 
 
 def test_an_augmented_file_unrelated_to_the_training_rows_is_refused(toy_data, tmp_path):
-    from lib.data import load_splits
+    from lib.finetune.splits import load_splits
     from tests.conftest import tiny_config
 
     other = write_reviews(tmp_path / "other.csv", 20, seed=3, prefix="X")

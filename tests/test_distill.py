@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from lib.data import load_splits
-from lib.errors import UserError
-from lib.trainer import TrainingInterrupted, resume, train_new
+from lib.core.errors import UserError
+from lib.finetune.splits import load_splits
+from lib.finetune.trainer import resume, train_new
+from lib.loop.stop import TrainingInterrupted
 from tests.conftest import StopAtStep, tiny_config, write_teacher_logits
 
 

@@ -10,7 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from lib.trainer import StopRequest, resume, train_new
+from lib.finetune.trainer import resume, train_new
+from lib.loop.stop import StopRequest
 from tests.conftest import tiny_config
 
 

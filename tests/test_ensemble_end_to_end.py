@@ -12,8 +12,8 @@ from scipy.special import softmax
 
 import ensemble
 import predict
-from lib.cli import run_cli
-from lib.trainer import train_new
+from lib.core.cli import run_cli
+from lib.finetune.trainer import train_new
 from tests.conftest import tiny_config, write_reviews
 
 # tests.conftest.tiny_config as flags, with a shorter schedule that still learns the toy task

@@ -8,10 +8,10 @@ import pytest
 from scipy.special import softmax
 
 import ensemble
-from lib.cli import run_cli
-from lib.config import TrainConfig
-from lib.ensemble import score
-from lib.voting import pool
+from lib.core.cli import run_cli
+from lib.ensemble.pooling import pool
+from lib.ensemble.vote import score
+from lib.finetune.config import TrainConfig
 from tests.conftest import write_reviews
 
 NAMES = ["neg", "pos", "neutral"]

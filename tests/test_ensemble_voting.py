@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax, softmax
 
-from lib.calibration import nll
-from lib.errors import UserError
-from lib.stacking import Stacker, cross_fitted, fit_stacker
-from lib.voting import equal_weights, fit_weights, parse_weights, pool, project_to_simplex
+from lib.core.errors import UserError
+from lib.ensemble.calibration import nll
+from lib.ensemble.pooling import equal_weights, fit_weights, parse_weights, pool, project_to_simplex
+from lib.ensemble.stacking import Stacker, cross_fitted, fit_stacker
 
 # two members, two rows, three classes
 MEMBERS = np.array([
@@ -129,7 +129,7 @@ def test_stacker_survives_json_and_beats_chance_out_of_fold(num_classes):
     if num_classes == 2:  # the padded binary model gives scikit-learn's probabilities
         from sklearn.linear_model import LogisticRegression
 
-        from lib.stacking import stack_features
+        from lib.ensemble.stacking import stack_features
         reference = LogisticRegression(C=stacker.regularisation_c, max_iter=2000).fit(stack_features(members), labels)
         np.testing.assert_allclose(softmax(stacker.scores(members), axis=1),
                                    reference.predict_proba(stack_features(members)), rtol=1e-6)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.config import option_names, parse_train_args
+from lib.finetune.config import option_names, parse_train_args
 from lib.search import load_sweep_config
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib.errors import UserError
-from lib.losses import FocalLoss, auto_alpha
+from lib.core.errors import UserError
+from lib.finetune.losses import FocalLoss, auto_alpha
 
 
 def _batch(n=32, k=4, scale=3.0, seed=0):

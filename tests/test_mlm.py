@@ -8,10 +8,10 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from lib.backbone import train_wordpiece
-from lib.errors import UserError
-from lib.mlm import (IGNORE_INDEX, DynamicMasker, collate_mlm, encode_for_packing, masking_generator,
-                     pack_sequences, read_texts)
+from lib.core.errors import UserError
+from lib.data.mlm import (IGNORE_INDEX, DynamicMasker, collate_mlm, encode_for_packing, masking_generator,
+                          pack_sequences, read_texts)
+from lib.model.backbone import train_wordpiece
 
 PAD, UNK, CLS, SEP, MASK = range(5)
 VOCAB = 1000

@@ -2,8 +2,8 @@
 
 import pytest
 
-from lib.errors import UserError
-from lib.preprocess import TextPreprocessor
+from lib.core.errors import UserError
+from lib.data.preprocess import TextPreprocessor
 
 
 def test_normalises_unicode_whitespace_and_squashes_repeats():

@@ -11,16 +11,15 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForMaskedLM
 
 import pretrain
-from lib.backbone import add_special_tokens, train_wordpiece
-from lib.cli import run_cli
-from lib.mlm import DynamicMasker, collate_mlm, pack_sequences, read_texts
-from lib.pretrain_config import PretrainConfig
-from lib.pretrainer import (PretrainingInterrupted, masked_logits, pretrain_new, resume_pretraining,
-                            steps_for_budget)
-from lib.schedule import lr_multiplier
-from lib.trainer import train_new
+from lib.core.cli import run_cli
+from lib.data.mlm import DynamicMasker, collate_mlm, pack_sequences, read_texts
+from lib.finetune.trainer import train_new
+from lib.loop.schedule import lr_multiplier
+from lib.model.backbone import add_special_tokens, train_wordpiece
+from lib.pretrain.config import PretrainConfig
+from lib.pretrain.trainer import (PretrainingInterrupted, masked_logits, pretrain_new, resume_pretraining,
+                                  steps_for_budget)
 from tests.conftest import StopAtStep, tiny_config
-
 
 # Reviews made of fixed phrases: a masked word is predictable from its neighbours, as in real text
 # (write_reviews' bags of random words would teach an MLM only word frequencies).

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import get_scheduler
 
-from lib.plan import step_counts
-from lib.schedule import lr_multiplier, set_learning_rate
+from lib.finetune.plan import step_counts
+from lib.loop.schedule import lr_multiplier, set_learning_rate
 from tests.conftest import tiny_config
 
 
@@ -58,8 +58,8 @@ def test_step_counts_follow_the_hf_trainer(toy_data, tmp_path):
 
 
 def test_unset_warmup_and_learning_rate_depend_on_whether_weights_are_random(toy_data, tmp_path):
-    from lib.backbone import SCRATCH_PRESETS
-    from lib.plan import PRETRAINED_LEARNING_RATE, SCRATCH_WARMUP_RATIO, default_learning_rate
+    from lib.finetune.plan import PRETRAINED_LEARNING_RATE, SCRATCH_WARMUP_RATIO, default_learning_rate
+    from lib.model.backbone import SCRATCH_PRESETS
 
     cfg = tiny_config(toy_data, tmp_path, warmup_ratio=None, learning_rate=None, num_train_epochs=1)
     assert step_counts(cfg, 1600, from_scratch=True)[3] == math.ceil(100 * SCRATCH_WARMUP_RATIO)

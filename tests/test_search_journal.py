@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.errors import UserError
+from lib.core.errors import UserError
 from lib.search import RandomSampler, TPESampler, TrialState, load_sweep_config, parse_sweep_config
 from lib.search.journal import Journal, SweepHeader
 

@@ -9,17 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lib.search import (
-    GridSampler,
-    RandomSampler,
-    TPESampler,
-    Trial,
-    TrialState,
-    load_sweep_config,
-    make_sampler,
-    parse_sweep_config,
-)
-from lib.search import truncnorm
+from lib.search import (GridSampler, RandomSampler, TPESampler, Trial, TrialState, load_sweep_config, make_sampler,
+                        parse_sweep_config, truncnorm)
 from lib.search.samplers import quantile_value, sample_parameter, startup_design
 
 SEED = Path(__file__).resolve().parent.parent / "experiments" / "sweep_seed.json"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lib.errors import UserError
+from lib.core.errors import UserError
 from lib.search import load_sweep_config, parse_sweep_config
 from lib.search.pruners import SuccessiveHalvingPruner, pruner_for
 

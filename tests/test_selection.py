@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from lib.selection import CheckpointSelector, EarlyStopping
+from lib.finetune.selection import CheckpointSelector, EarlyStopping
 
 
 @pytest.mark.parametrize("losses, patience, threshold, stops_at", [

@@ -8,10 +8,11 @@ from safetensors.torch import load_file
 from torch.optim.swa_utils import SWALR
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-from lib import swa
-from lib.errors import UserError
-from lib.schedule import swa_lr_multiplier
-from lib.trainer import TrainingInterrupted, resume, train_new
+from lib.core.errors import UserError
+from lib.finetune.trainer import resume, train_new
+from lib.loop import swa
+from lib.loop.schedule import swa_lr_multiplier
+from lib.loop.stop import TrainingInterrupted
 from tests.conftest import StopAtStep, tiny_config
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 import sweep
-from lib.checkpoint import load_state
-from lib.cli import run_cli
+from lib.core.cli import run_cli
+from lib.loop.state import load_state
 from lib.search import Journal, TrialState
-from lib.sweep import SweepFolder, SweepOptions, run_sweep
+from lib.search.sweep import SweepFolder, SweepOptions, run_sweep
 
 
 def _config(tmp_path, toy_data, pruning=True) -> str:
@@ -50,19 +50,19 @@ def test_a_small_sweep_runs_every_trial_as_a_run_folder_and_prunes_the_hopeless_
 
 
 def test_an_interrupted_sweep_resumes_the_running_trial_and_keeps_its_trial_budget(tmp_path, toy_data, monkeypatch):
-    import lib.sweep
+    import lib.search.sweep
 
     config = Path(_config(tmp_path, toy_data, pruning=False))
-    folder = lib.sweep.create_sweep(config, tmp_path / "runs", "r", seed=0, trials=2)  # of a grid of 3
+    folder = lib.search.sweep.create_sweep(config, tmp_path / "runs", "r", seed=0, trials=2)  # of a grid of 3
 
-    original = lib.sweep._TrialMonitor.should_stop
+    original = lib.search.sweep._TrialMonitor.should_stop
 
     def ctrl_c_in_trial_one(self, global_step):  # a real Ctrl-C during trial 1, at step 30 (epoch 2 of 3)
         if self.trial.number == 1 and global_step == 30 and self.trial.attempt == 1:
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, global_step)
 
-    monkeypatch.setattr(lib.sweep._TrialMonitor, "should_stop", ctrl_c_in_trial_one)
+    monkeypatch.setattr(lib.search.sweep._TrialMonitor, "should_stop", ctrl_c_in_trial_one)
     options = SweepOptions(trials=None, workers=1, stale_after_s=600, n_startup_trials=5, show_progress=False)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(folder.path, options)
@@ -96,9 +96,9 @@ def test_bad_sweep_configs_are_refused_in_one_line(tmp_path, capsys, parameters,
 
 
 def test_two_worker_processes_share_one_sweep_without_running_a_trial_twice(tmp_path, toy_data):
-    import lib.sweep
+    import lib.search.sweep
 
-    folder = lib.sweep.create_sweep(Path(_config(tmp_path, toy_data, pruning=False)), tmp_path / "runs", "w",
+    folder = lib.search.sweep.create_sweep(Path(_config(tmp_path, toy_data, pruning=False)), tmp_path / "runs", "w",
                                     seed=0, trials=None)
     run_sweep(folder.path, SweepOptions(trials=None, workers=2, stale_after_s=600, n_startup_trials=5,
                                         show_progress=False))
@@ -110,7 +110,7 @@ def test_two_worker_processes_share_one_sweep_without_running_a_trial_twice(tmp_
 def test_trials_that_vary_the_loss_itself_are_compared_by_plain_cross_entropy():
     """A larger focal gamma alone lowers the validation loss; ranking trials by it would reward that."""
     from lib.search import parse_sweep_config
-    from lib.sweep import metric_key
+    from lib.search.sweep import metric_key
 
     def space(parameters, metric="eval_loss"):
         return parse_sweep_config({"method": "random", "metric": {"name": metric, "goal": "minimize"},

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 import predict
-from lib.run_folder import RunFolder
-from lib.trainer import StopRequest, TrainingInterrupted, resume, train_new
+from lib.finetune.run_folder import RunFolder
+from lib.finetune.trainer import resume, train_new
+from lib.loop.stop import StopRequest, TrainingInterrupted
 from tests.conftest import StopAtStep, tiny_config
 
 
@@ -122,16 +123,16 @@ def test_early_stopping_ends_the_run_and_keeps_the_best(toy_data, tmp_path):
 
 
 def test_augmentation_touches_only_training_rows_and_resumes_identically(toy_data, tmp_path, monkeypatch):
-    import lib.trainer
+    import lib.finetune.trainer
 
     seen = []
-    original = lib.trainer.augment_rows
+    original = lib.finetune.trainer.augment_rows
 
     def recording(texts, rows, spec, seed, epoch):
         seen.append((epoch, list(rows)))
         return original(texts, rows, spec, seed, epoch)
 
-    monkeypatch.setattr(lib.trainer, "augment_rows", recording)
+    monkeypatch.setattr(lib.finetune.trainer, "augment_rows", recording)
     overrides = dict(num_train_epochs=2, augment="spacing=0.1,jamo=0.05,delete=0.05", max_tokens_per_batch=256)
     run = train_new(tiny_config(toy_data, tmp_path / "a", **overrides))
     train_rows = sum(json.loads(run.plan.read_text())["train_class_counts"])

@@ -3,14 +3,7 @@
 from lib.search.journal import Journal, SweepHeader, default_worker_id
 from lib.search.pruners import MedianPruner, Pruner, SuccessiveHalvingPruner, pruner_for
 from lib.search.samplers import GridSampler, RandomSampler, Sampler, trial_rng
-from lib.search.space import (
-    EarlyTerminate,
-    Metric,
-    Parameter,
-    SweepSpace,
-    load_sweep_config,
-    parse_sweep_config,
-)
+from lib.search.space import EarlyTerminate, Metric, Parameter, SweepSpace, load_sweep_config, parse_sweep_config
 from lib.search.tpe import TPESampler
 from lib.search.trials import Trial, TrialState
 

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lib.errors import UserError
+from lib.core.errors import UserError
 from lib.search.trials import Trial, TrialState
 
 log = logging.getLogger(__name__)

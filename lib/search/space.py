@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from lib.errors import UserError
+from lib.core.errors import UserError
 
 METHODS = ("random", "bayes", "grid")
 GOALS = ("minimize", "maximize")

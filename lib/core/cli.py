@@ -1,0 +1,36 @@
+"""What every entry script shares: logging set-up and turning UserError into one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from tqdm.contrib.logging import logging_redirect_tqdm
+from transformers.utils import logging as hf_logging
+
+from lib.core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as a UserError (one line, exit status 2) instead of usage text."""
+
+    def error(self, message: str) -> None:
+        raise UserError(message)
+
+
+def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
+    """Run `main(argv)`; bad input prints `error: ...` on stderr and returns 2, without a traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("transformers", "huggingface_hub", "tokenizers"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()  # our own bars only; HF's "Loading weights" bars are noise here
+    try:
+        with logging_redirect_tqdm():
+            return main(sys.argv[1:] if argv is None else argv)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

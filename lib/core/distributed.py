@@ -1,0 +1,89 @@
+"""Multi-process training under `torchrun`: process group, sharding helpers, collectives.
+
+`torchrun --nproc_per_node N train.py ...` sets RANK / WORLD_SIZE / LOCAL_RANK; without them the
+run is a single process and every helper here is a no-op. Gloo serves CPUs, NCCL CUDA GPUs.
+Only rank 0 writes the run folder; every rank computes the same validation metrics from
+gathered logits, so decisions (early stopping, selection) agree without extra messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from lib.core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's `value`, in rank order (a list of one without torchrun)."""
+        if not self.enabled:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank."""
+        if not self.enabled:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if it is true on any rank (e.g. Ctrl-C seen by one process first)."""
+        return any(self.all_gather(bool(flag))) if self.enabled else flag
+
+
+def init_distributed(requested_device: str, backend: str) -> tuple[Distributed, torch.device | None]:
+    """Join the process group torchrun describes; returns the context and, under CUDA, this rank's GPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed(), None
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = requested_device != "cpu" and torch.cuda.is_available()
+    chosen = backend if backend != "auto" else ("nccl" if use_cuda else "gloo")
+    available = {"gloo": dist.is_gloo_available(), "nccl": dist.is_nccl_available() and torch.cuda.is_available()}
+    if not available.get(chosen, False):
+        raise UserError(f"--ddp-backend {chosen}: not available on this machine "
+                        f"(available: {', '.join(k for k, v in available.items() if v) or 'none'})")
+    device = None
+    if use_cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=chosen, rank=rank, world_size=world_size)
+    if rank != 0:
+        logging.getLogger("lib").setLevel(logging.WARNING)
+    return Distributed(rank, world_size, local_rank), device
+
+
+def shard(rows: np.ndarray, ctx: Distributed) -> np.ndarray:
+    """This rank's share of a global batch: every world_size-th row, so lengths stay balanced."""
+    return rows[ctx.rank::ctx.world_size]

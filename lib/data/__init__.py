@@ -1,0 +1,3 @@
+"""Texts and labels: tables, preprocessing, augmentation, token ids and batches, MLM packing and
+masking, back translation. May import lib.core.
+"""

@@ -1,0 +1,38 @@
+"""Logits for a whole split: sorted by length, under inference mode and the run's precision."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from lib.core.device import autocast
+from lib.core.progress import progress_bar
+from lib.data.batching import EncodedTexts, collate, sorted_batches
+
+
+def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, precision: str,
+                   device: torch.device, desc: str, show_progress: bool, part: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """fp32 logits in the rows' original order, whatever order the batches ran in.
+
+    `part=(k, n)` computes only every n-th length-sorted batch starting at k (one process's share
+    of a distributed evaluation); the other rows are left as NaN for the caller to gather.
+    """
+    was_training = model.training
+    model.eval()
+    logits = np.full((len(data), model.config.num_labels), np.nan, dtype=np.float32)
+    batches = sorted_batches(data.lengths, batch_size)[part[0]::part[1]]
+    chunks = []
+    total = sum(len(rows) for rows in batches)
+    with torch.inference_mode(), progress_bar(total, desc, show_progress, unit="rows") as bar:
+        for rows in batches:
+            batch = collate(data, rows)
+            with autocast(precision, device):
+                out = model(input_ids=batch["input_ids"].to(device, non_blocking=True),
+                            attention_mask=batch["attention_mask"].to(device, non_blocking=True)).logits
+            chunks.append((rows, out.float()))
+            bar.update(len(rows))
+    for rows, out in chunks:  # one host copy per batch, after the loop, keeps the GPU busy
+        logits[rows] = out.cpu().numpy()
+    model.train(was_training)
+    return logits

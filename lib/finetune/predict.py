@@ -1,0 +1,109 @@
+"""Predictions from a finished run folder, with the run's own preprocessor, tokenizer and model."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lib.core.device import resolve_device
+from lib.core.errors import UserError
+from lib.data.batching import encode, pad_multiple
+from lib.data.preprocess import TextPreprocessor
+from lib.data.tables import Columns, class_distribution, read_table
+from lib.finetune.config import TrainConfig
+from lib.finetune.evaluate import predict_logits
+from lib.finetune.metrics import format_distribution
+from lib.finetune.plan import TrainingPlan
+from lib.finetune.run_folder import INCOMPLETE_SUFFIX, RunFolder
+from lib.model.backbone import load_classifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """A finished run, ready to predict."""
+
+    run: RunFolder
+    cfg: TrainConfig
+    plan: TrainingPlan
+    preprocessor: TextPreprocessor
+    tokenizer: PreTrainedTokenizerBase
+    model: PreTrainedModel
+    device: torch.device
+
+
+def load_run(path: Path, which: str | None = None, device: str = "auto") -> LoadedRun:
+    """Open `path` and load the model in its `which/` subfolder (best, last, swa).
+
+    By default: the model the run kept for prediction (`kept` in result.json), else best/.
+    """
+    run = RunFolder(Path(path))
+    if not run.path.is_dir():
+        raise UserError(f"{run.path}: no such run folder")
+    if run.path.name.endswith(INCOMPLETE_SUFFIX) or not run.result.is_file():
+        raise UserError(f"{run.path}: unfinished run (no result.json); resume it with "
+                        f"python train.py --resume {run.path}")
+    cfg = TrainConfig.load(run.config)
+    plan = TrainingPlan.load(run.plan)
+    which = which or run.read_json(run.result).get("kept", "best")
+    model_dir = run.path / which
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"{run.path}: has no {which}/ model")
+    resolved = resolve_device(device)
+    model = load_classifier(model_dir, plan.num_labels, plan.label_names, None).to(resolved)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return LoadedRun(run, cfg, plan, TextPreprocessor.load(run.preprocessor), tokenizer, model, resolved)
+
+
+def inference_precision(trained_with: str, device: torch.device) -> str:
+    """The run's precision where this device supports it, else fp32."""
+    if trained_with == "fp16" and device.type != "cuda":
+        return "fp32"
+    return trained_with
+
+
+def predict_table(cfg: TrainConfig, plan: TrainingPlan, preprocessor: TextPreprocessor,
+                  tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, path: str | Path,
+                  device: torch.device, show_progress: bool,
+                  batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, fp32 logits) for every row of the CSV at `path`, in file order."""
+    columns = Columns(cfg.id_column, cfg.text_column, cfg.label_column)
+    table = read_table(path, columns, labelled=False, flag="--test")
+    precision = inference_precision(plan.precision, device)
+    data = encode(tokenizer, preprocessor.transform(table.texts), plan.max_length,
+                  pad_to_multiple_of=pad_multiple(device, precision, compiled=False))
+    logits = predict_logits(model, data, batch_size or cfg.per_device_eval_batch_size, precision, device, "predict",
+                            show_progress)
+    return table.ids, logits
+
+
+def write_predictions(path: Path, ids: np.ndarray, logits: np.ndarray, id_column: str,
+                      pred_column: str = "pred") -> None:
+    """`ID,pred` CSV, written to a temporary name first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pd.DataFrame({id_column: ids, pred_column: logits.argmax(axis=1)}).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def save_logits(path: Path, ids: np.ndarray, logits: np.ndarray) -> None:
+    tmp = Path(path).with_name(Path(path).name + ".tmp.npz")
+    np.savez(tmp, ids=ids.astype(str), logits=logits.astype(np.float32))
+    os.replace(tmp, path)
+
+
+def distribution_table(plan: TrainingPlan, predicted: np.ndarray) -> str:
+    """Predicted class counts beside the training distribution, as users inspect them."""
+    return format_distribution("class", {
+        "predicted": class_distribution(predicted, plan.num_labels),
+        "training": plan.train_class_counts,
+    }, plan.label_names)

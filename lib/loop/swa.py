@@ -1,0 +1,61 @@
+"""Weight averaging with `torch.optim.swa_utils.AveragedModel`: post hoc over the last K epoch
+checkpoints (the user's "SWA-K", i.e. latest weight averaging), or during training from
+`--swa-start` on, optionally with `SWALR`.
+
+Averages are kept in fp32 on the CPU (a running mean in half precision drifts), with
+`use_buffers=False`: BERT's only buffers are integer position/token-type ids, and `update_bn` is
+a no-op for LayerNorm models, so it is not called.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+from transformers import PreTrainedModel
+
+from lib.core.errors import UserError
+
+
+def average_checkpoints(folders: Sequence[Path], load: Callable[[Path], PreTrainedModel]) -> PreTrainedModel:
+    """Equal-weight mean of the checkpoints in `folders`, each loaded by `load` (one at a time)."""
+    averaged = None
+    for folder in folders:
+        model = load(folder).float().cpu()
+        if averaged is None:
+            averaged = AveragedModel(model, device=torch.device("cpu"))
+        averaged.update_parameters(model)
+        del model
+    if averaged is None:
+        raise ValueError("no checkpoints to average")
+    return averaged.module
+
+
+def start_epoch(swa_start: float, num_epochs: int) -> int:
+    """0-based index of the first epoch whose end weights enter the average.
+
+    An integer >= 1 is a 1-based epoch (Lightning's convention); a fraction in (0, 1) is a share of
+    the epochs, so 0.75 of 4 epochs starts at the end of epoch 3.
+    """
+    if swa_start >= 1:
+        if not float(swa_start).is_integer():
+            raise UserError(f"--swa-start {swa_start}: expected a whole epoch number or a fraction in (0, 1)")
+        epoch = int(swa_start) - 1
+    else:
+        epoch = max(0, math.ceil(swa_start * num_epochs) - 1)
+    if epoch >= num_epochs:
+        raise UserError(f"--swa-start {swa_start}: the run has only {num_epochs} epochs")
+    return epoch
+
+
+def new_running_average(model: PreTrainedModel) -> AveragedModel:
+    return AveragedModel(model, device=torch.device("cpu"))
+
+
+def restore_running_average(module: PreTrainedModel, n_averaged: int) -> AveragedModel:
+    averaged = AveragedModel(module.float().cpu(), device=torch.device("cpu"))
+    averaged.n_averaged.fill_(n_averaged)
+    return averaged

@@ -1,0 +1,224 @@
+"""Tokenizer and classification model: from the hub, from a local folder, or built here offline.
+
+Every model goes through `AutoTokenizer` / `AutoModelForSequenceClassification.from_pretrained`.
+A `scratch:` preset is a small BERT whose WordPiece tokenizer is trained on the training split; it
+is saved with `save_pretrained` and loaded back through the same `from_pretrained` path, so a
+scratch run and a `klue/bert-base` run differ only in where the folder came from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+from urllib.parse import urlparse
+
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
+                          BertForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase,
+                          PreTrainedTokenizerFast)
+
+from lib.core.cache import DiskCache, texts_digest, tokenizer_digest
+from lib.core.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SCRATCH_PREFIX = "scratch:"
+
+
+@dataclass(frozen=True)
+class ScratchPreset:
+    """BERT sizes named as in Google's BERT miniatures (Turc et al. 2019)."""
+
+    layers: int
+    hidden: int
+    heads: int
+    learning_rate: float  # fine-tuning default from random weights; larger models need smaller steps
+
+    @property
+    def intermediate(self) -> int:
+        return 4 * self.hidden
+
+
+SCRATCH_PRESETS = {
+    # tiny and mini measured on NSMC-4 (mini stalls at the class prior with 1e-3); small and medium scaled down
+    "tiny": ScratchPreset(layers=2, hidden=128, heads=2, learning_rate=1e-3),
+    "mini": ScratchPreset(layers=4, hidden=256, heads=4, learning_rate=3e-4),
+    "small": ScratchPreset(layers=4, hidden=512, heads=8, learning_rate=2e-4),
+    "medium": ScratchPreset(layers=8, hidden=512, heads=8, learning_rate=1e-4),
+}
+BASE_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+# Config keys that hold dropout probabilities in the common encoder families.
+_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+
+
+def scratch_preset(model: str) -> ScratchPreset | None:
+    if not model.startswith(SCRATCH_PREFIX):
+        return None
+    name = model[len(SCRATCH_PREFIX):]
+    if name not in SCRATCH_PRESETS:
+        raise UserError(f"--model {model}: unknown preset; expected one of "
+                        + ", ".join(SCRATCH_PREFIX + p for p in SCRATCH_PRESETS))
+    return SCRATCH_PRESETS[name]
+
+
+def train_wordpiece(texts: Sequence[str], vocab_size: int, extra_special_tokens: Sequence[str],
+                    model_max_length: int = 512) -> PreTrainedTokenizerFast:
+    """A cased WordPiece tokenizer (no accent stripping, which would split Hangul into jamo).
+
+    The `tokenizers` trainer numbers tokens in hash-map order, so two trainings on the same texts
+    give the same tokens under different ids; the vocabulary is renumbered (special tokens first,
+    then sorted) so that ids depend only on the tokens. Ties in merge counts at the very end of a
+    large vocabulary can still differ between trainings; the cache reuses the first one.
+    """
+    special = BASE_SPECIAL_TOKENS + [t for t in extra_special_tokens if t not in BASE_SPECIAL_TOKENS]
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=special,
+                                        show_progress=False)
+    tokenizer = _wordpiece_pipeline(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.train_from_iterator(texts, trainer)
+    learned = sorted(set(tokenizer.get_vocab()) - set(special))
+    tokenizer = _wordpiece_pipeline(models.WordPiece(
+        vocab={token: i for i, token in enumerate(special + learned)}, unk_token="[UNK]"))
+    tokenizer.add_special_tokens(special)
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", model_max_length=model_max_length)
+
+
+def _wordpiece_pipeline(model: models.WordPiece) -> Tokenizer:
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    return tokenizer
+
+
+def build_scratch_folder(preset: ScratchPreset, tokenizer: PreTrainedTokenizerBase, folder: Path, num_labels: int,
+                         seed: int) -> None:
+    """Save a BERT of `preset`, initialised from `seed`, and its tokenizer, laid out as a hub model is."""
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=preset.hidden, num_hidden_layers=preset.layers,
+        num_attention_heads=preset.heads, intermediate_size=preset.intermediate, num_labels=num_labels,
+        max_position_embeddings=tokenizer.model_max_length, pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """Load a tokenizer; offline and uncached hub ids fail at once with one line."""
+    check_reachable(str(name_or_path))
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise UserError(f"--model {name_or_path}: cannot load its tokenizer ({first_line(error)})") from None
+
+
+def load_classifier(name_or_path: str | Path, num_labels: int, label_names: Sequence[str],
+                    dropout: float | None) -> PreTrainedModel:
+    """Load a sequence classifier with our label maps and optional dropout override."""
+    check_reachable(str(name_or_path))
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise UserError(f"--model {name_or_path}: cannot load its config ({first_line(error)})") from None
+    config.num_labels = num_labels
+    config.id2label = {i: name for i, name in enumerate(label_names)}
+    config.label2id = {name: i for i, name in enumerate(label_names)}
+    if dropout is not None:
+        keys = [key for key in _DROPOUT_KEYS if hasattr(config, key)]
+        if not keys:
+            raise UserError(f"--dropout-rate: model {name_or_path} has no known dropout setting")
+        for key in keys:
+            setattr(config, key, dropout)
+    try:
+        # A checkpoint fine-tuned on another label set has a head of another size: re-initialise it.
+        return AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config,
+                                                                  ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as error:
+        raise UserError(f"--model {name_or_path}: cannot load its weights ({first_line(error)})") from None
+
+
+def add_special_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, tokens: Sequence[str]) -> int:
+    """Register the preprocessor's tokens as atomic and grow the embeddings if the vocabulary grew."""
+    added = tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)}) if tokens else 0
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    return added
+
+
+def prepare_backbone(model_name: str, train_texts: Sequence[str], special_tokens: Sequence[str],
+                     num_labels: int, label_names: Sequence[str], dropout: float | None,
+                     scratch_vocab_size: int, seed: int, cache: DiskCache
+                     ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """Tokenizer and model for a new run.
+
+    A scratch model's tokenizer and initial weights are cache entries (keyed by the training texts,
+    the preset and the seed), loaded through `from_pretrained` like a hub model; under torchrun every
+    process loads the same folder, which rank 0 wrote.
+    """
+    preset = scratch_preset(model_name)
+    if preset is None:
+        tokenizer = load_tokenizer(model_name)
+        model = load_classifier(model_name, num_labels, label_names, dropout)
+    else:
+        def build_tokenizer(folder: Path) -> None:
+            log.info("training a %d-token WordPiece vocabulary on %d texts for %s",
+                     scratch_vocab_size, len(train_texts), model_name)
+            train_wordpiece(train_texts, scratch_vocab_size, special_tokens).save_pretrained(folder)
+
+        wordpiece = cache.load_or_build(
+            "wordpiece", {"texts": texts_digest(train_texts), "vocab_size": scratch_vocab_size,
+                          "special_tokens": list(special_tokens)}, build_tokenizer, AutoTokenizer.from_pretrained)
+        tokenizer, model = cache.load_or_build(
+            "scratch-init", {"tokenizer": tokenizer_digest(wordpiece), "preset": model_name,
+                             "num_labels": num_labels, "seed": seed},
+            lambda folder: build_scratch_folder(preset, wordpiece, folder, num_labels, seed),
+            lambda folder: (load_tokenizer(folder), load_classifier(folder, num_labels, label_names, dropout)))
+    add_special_tokens(tokenizer, model, special_tokens)
+    return tokenizer, model
+
+
+def check_reachable(name_or_path: str) -> None:
+    """Fail fast, without the hub client's minute of retries, when a hub id cannot be fetched."""
+    if Path(name_or_path).exists() or _in_hub_cache(name_or_path):
+        return
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if not offline:
+        try:
+            socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
+            return
+        except OSError:
+            pass
+    raise UserError(f"--model {name_or_path}: not a local folder, not in the Hugging Face cache, and "
+                    f"{endpoint.hostname} cannot be reached; pass a local model folder or a scratch preset "
+                    f"({', '.join(SCRATCH_PREFIX + p for p in SCRATCH_PRESETS)})")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repo id
+        return False
+
+
+def first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

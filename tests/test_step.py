@@ -1,0 +1,104 @@
+"""The gradient step: accumulation equals one big batch, clipping, and fp16 skip handling."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from lib.core.device import make_grad_scaler, resolve_precision
+from lib.data.batching import EncodedTexts, collate
+from lib.finetune.losses import FocalLoss
+from lib.loop.step import accumulate_window, optimizer_step
+
+
+def _tiny_bert(seed=0):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, num_labels=3, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, max_position_embeddings=32)
+    return BertForSequenceClassification(config)
+
+
+def _data(n=11, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = [rng.integers(5, 50, size=rng.integers(3, 12)).astype(np.int32) for _ in range(n)]
+    return EncodedTexts(ids, rng.integers(0, 3, size=n), pad_token_id=0)
+
+
+def _grads(model):
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("split", [[4, 4, 3], [5, 6], [1, 10]])
+def test_accumulated_window_equals_one_large_batch(split):
+    """Includes uneven windows: each micro-batch is divided by the window's sample count."""
+    data = _data()
+    loss_fn = FocalLoss(3, gamma=1.5, label_smoothing=0.1)
+    scaler = make_grad_scaler("fp32", torch.device("cpu"))
+    cpu = torch.device("cpu")
+
+    whole = _tiny_bert()
+    full_loss = accumulate_window(whole, [collate(data, np.arange(11))], loss_fn, scaler, "fp32", cpu)
+    micro = _tiny_bert()
+    bounds = np.cumsum([0] + split)
+    batches = [collate(data, np.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    window_loss = accumulate_window(micro, batches, loss_fn, scaler, "fp32", cpu)
+
+    torch.testing.assert_close(window_loss, full_loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(_grads(whole), _grads(micro)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_padding_does_not_change_the_logits():
+    model = _tiny_bert().eval()
+    data = _data()
+    alone = model(**{k: v for k, v in collate(data, np.array([0])).items() if k in ("input_ids", "attention_mask")})
+    padded = model(**{k: v for k, v in collate(data, np.arange(11)).items() if k in ("input_ids", "attention_mask")})
+    torch.testing.assert_close(alone.logits[0], padded.logits[0], rtol=1e-5, atol=1e-5)
+
+
+def test_step_clips_to_max_norm_and_reports_the_norm_before_clipping():
+    w = torch.nn.Parameter(torch.zeros(2))
+    w.grad = torch.tensor([3.0, 4.0])
+    optimizer = torch.optim.SGD([w], lr=1.0)
+    scaler = make_grad_scaler("fp32", torch.device("cpu"))
+    outcome = optimizer_step([w], optimizer, scaler, max_grad_norm=1.0)
+    assert outcome.applied and float(outcome.grad_norm) == pytest.approx(5.0)
+    torch.testing.assert_close(w.detach(), torch.tensor([-0.6, -0.8]))
+    assert w.grad is None
+
+
+def test_no_clipping_still_measures_the_norm():
+    w = torch.nn.Parameter(torch.zeros(2))
+    w.grad = torch.tensor([3.0, 4.0])
+    outcome = optimizer_step([w], torch.optim.SGD([w], lr=1.0), make_grad_scaler("fp32", torch.device("cpu")),
+                                 max_grad_norm=0.0)
+    assert float(outcome.grad_norm) == pytest.approx(5.0)
+    torch.testing.assert_close(w.detach(), torch.tensor([-3.0, -4.0]))
+
+
+def test_an_overflowing_fp16_step_is_skipped_and_reported():
+    """GradScaler with inf gradients: weights unchanged, scale halved, step marked not applied."""
+    w = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([w], lr=1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=8.0)
+    scaler.scale(w.sum()).backward()
+    w.grad[0] = math.inf
+    outcome = optimizer_step([w], optimizer, scaler, max_grad_norm=1.0)
+    assert not outcome.applied
+    torch.testing.assert_close(w.detach(), torch.ones(2))
+    assert scaler.get_scale() == 4.0
+
+    scaler.scale(w.sum()).backward()
+    assert optimizer_step([w], optimizer, scaler, max_grad_norm=10.0).applied
+
+
+def test_precision_resolution_on_cpu():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"
+    from lib.core.errors import UserError
+    with pytest.raises(UserError, match="--precision fp16"):
+        resolve_precision("fp16", cpu)
