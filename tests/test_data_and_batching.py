@@ -7,7 +7,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from lib.core.errors import UserError
 from lib.data.batching import EncodedTexts, collate, padding_efficiency, sorted_batches, training_batches
 from lib.data.tables import Columns, read_table, stratified_sample, stratified_split
-from lib.loop.optim import build_adamw
+from lib.loop.optim import DecayByShape, build_adamw
 from tests.conftest import write_reviews
 
 COLUMNS = Columns("ID", "review", "label")
@@ -102,7 +102,7 @@ def test_weight_decay_groups_match_the_hf_trainer():
 
     model = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1,
                                                      num_attention_heads=2, intermediate_size=16))
-    optimizer = build_adamw(model, 1e-3, 0.01, (0.9, 0.999), 1e-8, fused=False)
+    optimizer = build_adamw(model, DecayByShape(1e-3, 0.01), (0.9, 0.999), 1e-8, fused=False)
     by_id = {id(p): name for name, p in model.named_parameters()}
     decayed = {by_id[id(p)] for p in optimizer.param_groups[0]["params"]}
     import torch

@@ -10,7 +10,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from lib.core.device import make_grad_scaler, resolve_precision
 from lib.data.batching import EncodedTexts, collate
 from lib.finetune.losses import FocalLoss
-from lib.loop.step import accumulate_window, optimizer_step
+from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
 
 
 def _tiny_bert(seed=0):
@@ -40,11 +40,12 @@ def test_accumulated_window_equals_one_large_batch(split):
     cpu = torch.device("cpu")
 
     whole = _tiny_bert()
-    full_loss = accumulate_window(whole, [collate(data, np.arange(11))], loss_fn, scaler, "fp32", cpu)
+    objective = ClassifierObjective(loss_fn, "fp32", cpu)
+    full_loss = accumulate_window(whole, [collate(data, np.arange(11))], objective, WindowShare(11, scaler))
     micro = _tiny_bert()
     bounds = np.cumsum([0] + split)
     batches = [collate(data, np.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
-    window_loss = accumulate_window(micro, batches, loss_fn, scaler, "fp32", cpu)
+    window_loss = accumulate_window(micro, batches, objective, WindowShare(11, scaler))
 
     torch.testing.assert_close(window_loss, full_loss, rtol=1e-5, atol=1e-6)
     for a, b in zip(_grads(whole), _grads(micro)):

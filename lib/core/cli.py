@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -25,6 +26,8 @@ class CliParser(argparse.ArgumentParser):
 def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
     """Run `main(argv)`; bad input prints `error: ...` on stderr and returns 2, without a traceback."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # Under torchrun every process runs the script: only rank 0 speaks below warnings.
+    logging.getLogger("lib").setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
     for noisy in ("transformers", "huggingface_hub", "tokenizers"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     hf_logging.disable_progress_bar()  # our own bars only; HF's "Loading weights" bars are noise here

@@ -8,7 +8,6 @@ gathered logits, so decisions (early stopping, selection) agree without extra me
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from lib.core.errors import UserError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,11 +77,16 @@ def init_distributed(requested_device: str, backend: str) -> tuple[Distributed, 
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend=chosen, rank=rank, world_size=world_size)
-    if rank != 0:
-        logging.getLogger("lib").setLevel(logging.WARNING)
     return Distributed(rank, world_size, local_rank), device
 
 
 def shard(rows: np.ndarray, ctx: Distributed) -> np.ndarray:
     """This rank's share of a global batch: every world_size-th row, so lengths stay balanced."""
     return rows[ctx.rank::ctx.world_size]
+
+
+def wrap_for_ddp(model: torch.nn.Module, ctx: Distributed, device: torch.device) -> torch.nn.Module:
+    """The module forward and backward go through: DDP under torchrun, the model itself otherwise."""
+    if not ctx.enabled:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

@@ -53,21 +53,14 @@ def _step_of(line: str) -> int:
         return 1 << 62
 
 
-def attach_log_file(path: Path) -> tuple[logging.Handler, int]:
-    """Copy the run's INFO lines into train.log, also when the caller configured no logging."""
+def attach_log_file(path: Path) -> logging.Handler:
+    """Copy the records of the `lib` loggers into a run's log file, at whatever level the caller set."""
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("lib")
-    previous = logger.level
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
-    logger.addHandler(handler)
-    return handler, previous
+    logging.getLogger("lib").addHandler(handler)
+    return handler
 
 
-def detach_log_file(attached: tuple[logging.Handler, int]) -> None:
-    handler, previous = attached
-    logger = logging.getLogger("lib")
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
+def detach_log_file(handler: logging.Handler) -> None:
+    logging.getLogger("lib").removeHandler(handler)
     handler.close()

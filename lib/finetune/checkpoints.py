@@ -1,4 +1,10 @@
-"""The evaluations' checkpoints of one fine-tuning run, and which of them are kept."""
+"""The evaluations' checkpoints of one fine-tuning run: the one owner of what is kept and of best/.
+
+Every evaluation saves its weights and validation logits under `checkpoints/step-N/`. Selection
+(under --max-loss-increase it can still move back to an earlier evaluation) and SWA over the last K
+epoch ends may need an earlier checkpoint; the store keeps exactly those, deletes the rest, and
+copies the selected one to `best/` the moment the selection changes.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +13,42 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from lib.core.files import atomic_directory
+from lib.finetune.selection import CheckpointSelector
+
+LOGITS_FILE = "val_logits.npy"
 
 
 class CheckpointStore:
-    """Weights and validation logits of evaluations, in `checkpoints/step-N/`, pruned as the run goes.
-
-    Selection rules and weight averaging may need a checkpoint from an earlier evaluation; the
-    store keeps exactly the ones the caller still needs and nothing else.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, root: Path, best: Path, tokenizer: PreTrainedTokenizerBase, selector: CheckpointSelector,
+                 swa_last_k: int) -> None:
+        self.root, self.best, self.tokenizer = root, best, tokenizer
+        self.selector, self.swa_last_k = selector, swa_last_k
 
     def folder(self, step: int) -> Path:
         return self.root / f"step-{step}"
 
-    def save(self, step: int, model: torch.nn.Module, logits) -> None:
+    def save(self, step: int, model: torch.nn.Module, logits: np.ndarray) -> None:
         with atomic_directory(self.folder(step)) as folder:
             model.save_pretrained(folder)
-            np.save(folder / "val_logits.npy", logits)
+            np.save(folder / LOGITS_FILE, logits)
 
-    def logits(self, step: int):
-        return np.load(self.folder(step) / "val_logits.npy")
+    def logits(self, step: int) -> np.ndarray:
+        return np.load(self.folder(step) / LOGITS_FILE)
 
-    def prune(self, keep: set[int]) -> None:
+    def select(self, step: int) -> None:
+        """Make checkpoint `step` the run's `best/` (model + tokenizer, as `from_pretrained` reads it)."""
+        with atomic_directory(self.best) as folder:
+            shutil.copytree(self.folder(step), folder, dirs_exist_ok=True)
+            (folder / LOGITS_FILE).unlink()
+            self.tokenizer.save_pretrained(folder)
+
+    def prune(self, epoch_end_steps: list[int]) -> None:
+        """Delete every checkpoint that neither selection nor the post-hoc SWA can still use."""
+        keep = self.selector.may_be_selected_later() | set(epoch_end_steps[-self.swa_last_k:]
+                                                           if self.swa_last_k else [])
         if not self.root.is_dir():
             return
         for folder in self.root.iterdir():

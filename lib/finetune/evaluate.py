@@ -7,6 +7,7 @@ import torch
 from transformers import PreTrainedModel
 
 from lib.core.device import autocast
+from lib.core.distributed import Distributed
 from lib.core.progress import progress_bar
 from lib.data.batching import EncodedTexts, collate, sorted_batches
 
@@ -36,3 +37,13 @@ def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, 
         logits[rows] = out.cpu().numpy()
     model.train(was_training)
     return logits
+
+
+def gathered_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, precision: str,
+                    device: torch.device, show_progress: bool, ctx: Distributed) -> np.ndarray:
+    """Logits of every row on every process: each scores its share of the batches, all gather the whole."""
+    parts = ctx.all_gather(predict_logits(model, data, batch_size, precision, device, "eval", show_progress,
+                                          part=(ctx.rank, ctx.world_size)))
+    for part in parts[1:]:  # each row was scored by exactly one process; the others hold NaN there
+        parts[0] = np.where(np.isnan(parts[0]), part, parts[0])
+    return parts[0]

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +49,24 @@ class Prepared:
     val_data: EncodedTexts
 
 
+@dataclass
+class Session(Prepared):
+    """Everything one run needs in memory: the prepared inputs, where they go, how to run."""
+
+    cfg: TrainConfig
+    run: RunFolder
+    device: torch.device
+    show_progress: bool
+    ctx: Distributed
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, run: RunFolder, prepared: Prepared, device: torch.device, show_progress: bool,
+           ctx: Distributed) -> "Session":
+        inputs = {f.name: getattr(prepared, f.name) for f in fields(Prepared)}
+        inputs["model"] = prepared.model.to(device)
+        return cls(cfg=cfg, run=run, device=device, show_progress=show_progress, ctx=ctx, **inputs)
+
+
 def prepare_new(cfg: TrainConfig, ctx: Distributed, device: torch.device, precision: str) -> Prepared:
     """Read and check the data, fit the preprocessor, build the backbone, tokenise, plan; raises UserError."""
     if ctx.enabled and not cfg.cache_dir:
@@ -57,7 +74,6 @@ def prepare_new(cfg: TrainConfig, ctx: Distributed, device: torch.device, precis
                         "give a --cache-dir")
     if scratch_preset(cfg.model) is None:
         check_reachable(cfg.model)  # before reading any data: an unreachable hub id fails in seconds
-    seed_everything(cfg.seed)
     splits = load_splits(cfg)
     preprocessor = TextPreprocessor(cfg.unicode_normalization, cfg.max_char_repeat, cfg.special_patterns,
                                     cfg.special_pattern_min_count, cfg.num_rare_words_to_remove)
@@ -66,13 +82,15 @@ def prepare_new(cfg: TrainConfig, ctx: Distributed, device: torch.device, precis
     cache = _cache(cfg)
     if not ctx.is_main:
         ctx.barrier()  # rank 0 fills the cache first, so every rank gets the same tokenizer
-    tokenizer, model = prepare_backbone(cfg.model, train_texts, preprocessor.special_tokens, splits.num_labels,
-                                        splits.label_names, cfg.dropout_rate, cfg.scratch_vocab_size, cfg.seed, cache)
+    with torch.random.fork_rng():  # a new head's initial weights come from the seed, not the caller's state
+        torch.manual_seed(cfg.seed)
+        tokenizer, model = prepare_backbone(cfg.model, train_texts, preprocessor.special_tokens, splits.num_labels,
+                                            splits.label_names, cfg.dropout_rate, cfg.scratch_vocab_size, cfg.seed,
+                                            cache)
     limit = _model_limit(model)
     train_ids, val_ids = _tokenize_splits(cache, tokenizer, train_texts, val_texts, limit)
     if ctx.is_main:
         ctx.barrier()
-    seed_everything(cfg.seed)  # dropout and order must not depend on what preparation drew (cache hits draw less)
     max_length = _resolve_max_length(cfg, train_ids, limit)
     train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, max_length,
                                              pad_multiple(device, precision, cfg.compile))
@@ -108,12 +126,6 @@ def prepare_resumed(cfg: TrainConfig, run: RunFolder, ctx: Distributed) -> Prepa
 
 def _cache(cfg: TrainConfig) -> DiskCache:
     return DiskCache(Path(cfg.cache_dir) if cfg.cache_dir else None)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _budget_micro_batches(cfg: TrainConfig, train_data: EncodedTexts, world_size: int) -> int | None:

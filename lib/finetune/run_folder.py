@@ -21,23 +21,17 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
-import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from lib.core.errors import UserError
-from lib.core.files import atomic_write_text, existing_directory
-
-INCOMPLETE_SUFFIX = ".incomplete"
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from lib.core.files import existing_directory
+from lib.loop import work_folder
+from lib.loop.work_folder import INCOMPLETE_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -66,11 +60,10 @@ class RunFolder:
 
     @property
     def final_path(self) -> Path:
-        name = self.path.name
-        return self.path.with_name(name[:-len(INCOMPLETE_SUFFIX)] if name.endswith(INCOMPLETE_SUFFIX) else name)
+        return work_folder.final_path(self.path)
 
     def write_json(self, path: Path, data: dict) -> None:
-        atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        work_folder.write_json(path, data)
 
     def read_json(self, path: Path) -> dict:
         try:
@@ -101,22 +94,12 @@ def new_run_folder(output_dir: str, run_name: str | None, model: str, overwrite:
             name, suffix = f"{default_run_name(model)}-{suffix}", suffix + 1
     if "/" in name or name in ("", ".", ".."):
         raise UserError(f"--run-name: expected a plain folder name, got {name!r}")
-    final, work = root / name, root / (name + INCOMPLETE_SUFFIX)
-    if not overwrite:
-        if final.exists():
-            raise UserError(f"--run-name: {final} already exists; choose another name or pass --overwrite")
-        if work.exists():
-            raise UserError(f"--run-name: an unfinished run {work} exists; resume it with "
-                            f"python train.py --resume {work}, or pass --overwrite")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    return RunFolder(work)
+    return RunFolder(work_folder.create(work_folder.claim(root / name, overwrite, "--run-name", "train.py")))
 
 
 def open_unfinished(path: Path) -> RunFolder:
     """The folder named by --resume: `runs/x.incomplete`, or `runs/x` when only the former exists."""
-    if not path.name.endswith(INCOMPLETE_SUFFIX) and not path.exists():
-        path = path.with_name(path.name + INCOMPLETE_SUFFIX)
+    path = work_folder.unfinished(path)
     if not path.is_dir():
         raise UserError(f"--resume: no run folder at {path}")
     run = RunFolder(path)
@@ -129,45 +112,4 @@ def open_unfinished(path: Path) -> RunFolder:
 
 def finish(run: RunFolder, overwrite: bool) -> RunFolder:
     """Rename `x.incomplete` to `x`: the moment the run becomes visible as finished."""
-    final = run.final_path
-    if final.exists():
-        if not overwrite:
-            raise UserError(f"{final} appeared while this run trained; the run stays at {run.path}")
-        shutil.rmtree(final)
-    os.replace(run.path, final)
-    return RunFolder(final)
-
-
-def environment_record(device: torch.device, argv: list[str], world_size: int = 1) -> dict:
-    import tokenizers
-    import transformers
-
-    record = {
-        "command": [Path(sys.argv[0]).name, *argv],
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "tokenizers": tokenizers.__version__,
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-        "world_size": world_size,
-        "git_commit": _git(["rev-parse", "HEAD"]),
-        "git_dirty": bool(_git(["status", "--porcelain", "--untracked-files=no"])),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if device.type == "cuda":
-        record["cuda_device"] = torch.cuda.get_device_name(device)
-        record["cuda"] = torch.version.cuda
-    return record
-
-
-def _git(args: list[str]) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    return RunFolder(work_folder.finish(run.path, overwrite))

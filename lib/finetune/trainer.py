@@ -1,9 +1,12 @@
-"""One fine-tuning run, top to bottom: prepare, train with evaluation, select, finish the folder.
+"""One fine-tuning run, top to bottom: prepare, train with evaluation and selection, finish the folder.
 
 `train_new` checks every input before a run folder exists, so bad input leaves nothing behind;
-`resume` rebuilds the same run from its folder and continues from the last saved state. Both end in
-`_fit`, whose loop is: per epoch, per accumulation window, forward/backward each micro-batch, one
-optimizer step, log, evaluate when due, checkpoint, and stop early or on request.
+`resume` rebuilds the same run from its folder and continues from the last saved state. Both hand
+a `FineTuning` task to the shared loop skeleton (`lib.loop.skeleton.run_loop`), then
+`lib.finetune.finish` averages, reports, predicts and renames the folder. The task plugs its
+techniques in at the loop's extension points: the parameter groups of the optimizer
+(`lib.loop.optim`), the objective of a micro-batch (`lib.loop.step`) and weight averagers
+(`lib.loop.averaging`).
 """
 
 from __future__ import annotations
@@ -12,39 +15,39 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
-from transformers import PreTrainedModel
 
 from lib.core.device import make_grad_scaler, resolve_device, resolve_precision
-from lib.core.distributed import Distributed, init_distributed, shard
+from lib.core.distributed import init_distributed, shard, wrap_for_ddp
 from lib.core.errors import UserError
 from lib.core.files import atomic_directory, existing_directory
 from lib.core.metrics_logger import MetricsLogger, attach_log_file, detach_log_file
 from lib.core.progress import progress_bar
 from lib.data.augment import augment_rows, parse_augment_spec
 from lib.data.batching import collate, padding_efficiency, tokenize
-from lib.data.tables import class_distribution
 from lib.finetune.checkpoints import CheckpointStore
 from lib.finetune.config import TrainConfig
-from lib.finetune.evaluate import predict_logits
+from lib.finetune.evaluate import gathered_logits
+from lib.finetune.finish import TrainedRun, finish_run
 from lib.finetune.losses import FocalLoss
-from lib.finetune.metrics import classification_metrics, classification_report, format_report
+from lib.finetune.metrics import classification_metrics
 from lib.finetune.plan import TrainingPlan
-from lib.finetune.predict import predict_table, write_predictions
-from lib.finetune.prepare import Prepared, epoch_batches, prepare_new, prepare_resumed
-from lib.finetune.run_folder import RunFolder, environment_record, finish, new_run_folder, open_unfinished
+from lib.finetune.prepare import Session, epoch_batches, prepare_new, prepare_resumed
+from lib.finetune.run_folder import RunFolder, new_run_folder, open_unfinished
 from lib.finetune.selection import CheckpointSelector, EarlyStopping
 from lib.loop import swa
-from lib.loop.optim import build_adamw
+from lib.loop.averaging import EpochSWA
+from lib.loop.optim import DecayByShape, build_adamw
 from lib.loop.schedule import lr_multiplier, set_learning_rate, swa_lr_multiplier
+from lib.loop.skeleton import run_loop
 from lib.loop.state import LoopPosition, load_state, rng_state, save_state, set_rng_state
-from lib.loop.step import accumulate_window, optimizer_step
+from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
 from lib.loop.stop import StopRequest, TrainingInterrupted
+from lib.loop.work_folder import environment_record
 from lib.model.backbone import load_classifier
 
 log = logging.getLogger(__name__)
@@ -65,27 +68,9 @@ class LoopState(LoopPosition):
     eval_rows: int = 0
     selected_step: int | None = None  # the evaluation best/ holds
     epoch_end_steps: list[int] = field(default_factory=list)
-    swa_n_averaged: int = 0
+    averagers: dict = field(default_factory=dict)  # each averager's state_dict, by name
     early_stopping: dict = field(default_factory=dict)
     selector: dict = field(default_factory=dict)
-
-
-@dataclass
-class Session(Prepared):
-    """Everything one run needs in memory: the prepared inputs, where they go, how to run."""
-
-    cfg: TrainConfig
-    run: RunFolder
-    device: torch.device
-    show_progress: bool
-    ctx: Distributed
-
-    @classmethod
-    def of(cls, cfg: TrainConfig, run: RunFolder, prepared: Prepared, device: torch.device, show_progress: bool,
-           ctx: Distributed) -> "Session":
-        inputs = {f.name: getattr(prepared, f.name) for f in fields(Prepared)}
-        inputs["model"] = prepared.model.to(device)
-        return cls(cfg=cfg, run=run, device=device, show_progress=show_progress, ctx=ctx, **inputs)
 
 
 def train_new(cfg: TrainConfig, *, overwrite: bool = False, show_progress: bool = False,
@@ -108,6 +93,7 @@ def train_new(cfg: TrainConfig, *, overwrite: bool = False, show_progress: bool 
             prepared.tokenizer.save_pretrained(run.tokenizer)
         run = RunFolder(Path(ctx.broadcast(str(run.path) if run else None)))
         session = Session.of(cfg, run, prepared, device, show_progress and ctx.is_main, ctx)
+        torch.manual_seed(cfg.seed)  # dropout reads the global generator; preparation drew from forks of it
         return _fit(session, LoopState(), optimizer_state=None, scaler_state=None, overwrite=overwrite,
                     stop=stop or StopRequest())
     except BaseException:
@@ -135,122 +121,180 @@ def resume(path: Path, *, show_progress: bool = False, stop: StopRequest | None 
 
 def _fit(s: Session, loop: LoopState, optimizer_state: dict | None, scaler_state: dict | None,
          overwrite: bool, stop: StopRequest) -> RunFolder:
-    runner = _RunLoop(s, loop, optimizer_state, scaler_state, stop)
+    task = FineTuning(s, loop, optimizer_state, scaler_state, stop)
     try:
-        runner.train()
-        return runner.finish(overwrite)
+        task.announce()
+        s.model.train()
+        run_loop(task, loop, stop, s.ctx, TrainingInterrupted(s.run.path))
+        return finish_run(s, task.trained(), overwrite)
     finally:
-        runner.close()
+        task.close()
 
 
-class _RunLoop:
-    """The training machinery of one run: optimizer, scaler, trackers, logger, checkpoint store."""
+class FineTuning:
+    """The fine-tuning task the loop skeleton runs: its step, evaluation, epoch end and checkpoint."""
 
     def __init__(self, s: Session, loop: LoopState, optimizer_state: dict | None, scaler_state: dict | None,
                  stop: StopRequest):
         cfg, plan = s.cfg, s.plan
-        self.stop = stop
-        self.s, self.cfg, self.plan, self.model, self.loop, self.ctx = s, cfg, plan, s.model, loop, s.ctx
+        self.s, self.cfg, self.plan, self.model, self.loop, self.ctx, self.stop = s, cfg, plan, s.model, loop, s.ctx, stop
         # forward/backward go through the DDP wrapper; evaluation and saving use the plain model
-        self.trained_model = (DistributedDataParallel(s.model, device_ids=[s.device.index] if s.device.type == "cuda"
-                                                      else None) if s.ctx.enabled else s.model)
+        self.trained_model = wrap_for_ddp(s.model, s.ctx, s.device)
         if cfg.compile:
             self.trained_model = torch.compile(self.trained_model, dynamic=True)
         self.augment = parse_augment_spec(cfg.augment)
-        self.optimizer = build_adamw(self.model, plan.learning_rate, cfg.weight_decay,
+        self.optimizer = build_adamw(self.model, DecayByShape(plan.learning_rate, cfg.weight_decay),
                                      (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon,
                                      fused=s.device.type in ("cpu", "cuda"))
         self.scaler = make_grad_scaler(plan.precision, s.device)
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
             self.scaler.load_state_dict(scaler_state)
-        self.train_loss = _make_loss(cfg, plan).to(s.device)
+        self.objective = ClassifierObjective(_make_loss(cfg, plan).to(s.device), plan.precision, s.device)
         self.val_loss = _make_loss(cfg, plan)
         self.early_stopping = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_threshold)
         self.selector = CheckpointSelector(cfg.selection_metric, cfg.max_loss_increase)
         if loop.early_stopping:
             self.early_stopping.load_state_dict(loop.early_stopping)
             self.selector.load_state_dict(loop.selector)
-        self.store = CheckpointStore(s.run.path / "checkpoints")
-        self.running_average = None
-        if cfg.swa_start is not None:
-            self.swa_start_epoch = swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs))
-            running = existing_directory(s.run.last)
-            if loop.swa_n_averaged and running is not None:
-                module = load_classifier(running / "swa_running", plan.num_labels, plan.label_names, None)
-                self.running_average = swa.restore_running_average(module, loop.swa_n_averaged)
+        self.store = CheckpointStore(s.run.path / "checkpoints", s.run.best, s.tokenizer, self.selector,
+                                     cfg.swa_last_k)
+        self.averagers = self._averagers()
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
-        lengths = s.train_data.lengths
-        self.padding_efficiency = padding_efficiency(lengths, epoch_batches(cfg, s.train_data, 0, 1))
+        self.padding_efficiency = padding_efficiency(s.train_data.lengths, epoch_batches(cfg, s.train_data, 0, 1))
         self.logger = MetricsLogger(s.run.path, resume_step=loop.global_step or None) if s.ctx.is_main else None
         self.log_file = attach_log_file(s.run.path / "train.log") if s.ctx.is_main else None
         self.pending_loss = torch.zeros((), device=s.device)  # summed on the device; read when logging
         self.bar = progress_bar(plan.total_steps, "train", s.show_progress, unit="step", initial=loop.global_step)
+        self._windows: tuple[int, list] | None = None  # (epoch, its windows), built once per epoch
 
-    def close(self) -> None:
-        self.bar.close()
-        if self.logger is not None:
-            self.logger.close()
-            detach_log_file(self.log_file)
+    def _averagers(self) -> list[EpochSWA]:
+        """Weight averagers of this run, continued from the last checkpoint on resume (rank 0 only)."""
+        cfg, plan = self.cfg, self.plan
+        if cfg.swa_start is None or not self.ctx.is_main:
+            return []
+        averager = EpochSWA(swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs)))
+        averager.restore(self.loop.averagers.get(averager.name, {}), existing_directory(self.s.run.last),
+                         lambda folder: load_classifier(folder, plan.num_labels, plan.label_names, None))
+        return [averager]
 
-    # --- training -------------------------------------------------------------------------------
-
-    def train(self) -> None:
-        s, cfg, plan, loop = self.s, self.cfg, self.plan, self.loop
+    def announce(self) -> None:
+        s, plan, loop = self.s, self.plan, self.loop
         if loop.global_step:
             log.info("resuming %s at epoch %d, step %d", s.run.path, loop.epoch, loop.global_step)
         log.info("%s: %d train / %d val rows, %d classes, max length %d, %d steps (%d per epoch, %d warmup), "
                  "lr %g, %s on %s, padding efficiency %.1f%%", s.run.path, len(s.train_data), len(s.val_data),
                  plan.num_labels, plan.max_length, plan.total_steps, plan.steps_per_epoch, plan.warmup_steps,
                  plan.learning_rate, plan.precision, s.device, 100 * self.padding_efficiency)
-        self.model.train()
-        epochs = math.ceil(cfg.num_train_epochs)
-        while loop.global_step < plan.total_steps and loop.epoch < epochs and not loop.stop_training:
-            batches = epoch_batches(cfg, s.train_data, loop.epoch, self.ctx.world_size)
-            windows = [batches[i:i + cfg.gradient_accumulation_steps]
-                       for i in range(0, len(batches), cfg.gradient_accumulation_steps)]
-            for window in windows[loop.windows_done:]:
-                self._step(window)
-                if cfg.eval_steps is not None and loop.global_step % cfg.eval_steps == 0:
-                    self._evaluate()
-                    self._checkpoint()
-                if loop.stop_training or loop.global_step >= plan.total_steps:
-                    break
-                if self.ctx.any(self.stop.should_stop(loop.global_step)):
-                    self._checkpoint()
-                    raise TrainingInterrupted(s.run.path)
-            else:
-                loop.epoch, loop.windows_done = loop.epoch + 1, 0
-            if loop.last_eval_step != loop.global_step:
-                self._evaluate()
-            finished = loop.stop_training or loop.global_step >= plan.total_steps or loop.epoch >= epochs
-            if loop.windows_done == 0 or finished:  # an epoch end; the end of training counts as one
-                self._end_of_epoch(loop.epoch - 1 if loop.windows_done == 0 else loop.epoch)
-            self._checkpoint()
 
-    def _step(self, window: list[np.ndarray]) -> None:
+    def close(self) -> None:
+        self.bar.close()
+        if self.logger is not None:
+            self.logger.close()
+            detach_log_file(self.log_file)
+            self.logger = None
+
+    # --- the task the skeleton runs --------------------------------------------------------------
+
+    def windows(self, epoch: int) -> list[list[np.ndarray]]:
+        if self._windows is None or self._windows[0] != epoch:
+            batches = epoch_batches(self.cfg, self.s.train_data, epoch, self.ctx.world_size)
+            accumulation = self.cfg.gradient_accumulation_steps
+            self._windows = (epoch, [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)])
+        return self._windows[1]
+
+    def done(self) -> bool:
+        loop = self.loop
+        return (loop.stop_training or loop.global_step >= self.plan.total_steps
+                or loop.epoch >= math.ceil(self.cfg.num_train_epochs))
+
+    def evaluation_due(self, step: int, epoch_ended: bool) -> bool:
+        return epoch_ended or (self.cfg.eval_steps is not None and step % self.cfg.eval_steps == 0)
+
+    def train_step(self, window: list[np.ndarray]) -> None:
         """One optimizer step over a window of global micro-batches, each shared among the processes."""
-        s, cfg, loop = self.s, self.cfg, self.loop
+        cfg, loop = self.cfg, self.loop
         started = time.perf_counter()
-        self.pending_loss += accumulate_window(
-            self.trained_model, [self._local_batch(rows) for rows in window], self.train_loss, self.scaler,
-            self.plan.precision, s.device, window_samples=sum(len(rows) for rows in window),
-            world_size=self.ctx.world_size)
+        samples = sum(len(rows) for rows in window)
+        share = WindowShare(samples, self.scaler, self.ctx.world_size)
+        self.pending_loss += accumulate_window(self.trained_model, [self._local_batch(rows) for rows in window],
+                                               self.objective, share)
         lr = set_learning_rate(self.optimizer, self._lr_multiplier())
         outcome = optimizer_step(self.parameters, self.optimizer, self.scaler, cfg.max_grad_norm)
+        step = loop.global_step + 1
+        for averager in self.averagers:
+            averager.after_step(self.model, step)
         loop.schedule_step += int(outcome.applied)
-        loop.global_step += 1
-        loop.windows_done += 1
         loop.windows_since_log += 1
-        loop.samples_seen += sum(len(rows) for rows in window)
+        loop.samples_seen += samples
         loop.train_seconds += time.perf_counter() - started
         self.bar.update(1)
-        if loop.global_step % cfg.logging_steps == 0:
+        if step % cfg.logging_steps == 0:
             self._fold_pending_loss()
             if self.logger is not None:
-                _log_train(self.logger, loop, self.plan, lr, outcome.grad_norm, self.bar)
+                self._log_train(step, lr, outcome.grad_norm)
             else:
                 loop.loss_since_log, loop.windows_since_log = 0.0, 0
+
+    def evaluate(self) -> None:
+        s, loop = self.s, self.loop
+        started = time.perf_counter()
+        logits = gathered_logits(self.model, s.val_data, self.cfg.per_device_eval_batch_size, self.plan.precision,
+                                 s.device, s.show_progress, self.ctx)
+        loop.eval_seconds += time.perf_counter() - started
+        loop.eval_rows += len(s.val_data)
+        metrics = classification_metrics(logits, s.splits.val.labels, self.val_loss, self.plan.label_names)
+        epoch = loop.global_step / self.plan.steps_per_epoch
+        self.selector.record(loop.global_step, epoch, metrics)
+        chosen = self.selector.selected()
+        selected_now = chosen is not None and chosen["step"] != loop.selected_step
+        if self.ctx.is_main:
+            self.logger.log("val", loop.global_step, epoch, metrics)
+            self.store.save(loop.global_step, self.model, logits)
+            if selected_now:
+                self.store.select(chosen["step"])
+        if selected_now:
+            loop.selected_step = chosen["step"]
+        loop.stop_training = self.early_stopping.update(metrics["loss"])
+        if self.ctx.any(self.ctx.is_main and self.stop.prune_after(loop.global_step, epoch, metrics)):
+            loop.stop_training = loop.pruned = True
+        loop.last_eval_step = loop.global_step
+        log.info("step %d (epoch %.2f): val loss %.4f  nll %.4f  accuracy %.4f  macro_f1 %.4f%s%s",
+                 loop.global_step, epoch, metrics["loss"], metrics["nll"], metrics["accuracy"], metrics["macro_f1"],
+                 f"  [selected: step {chosen['step']}]" if selected_now else "",
+                 "  [pruned]" if loop.pruned else "  [early stop]" if loop.stop_training else "")
+
+    def epoch_ended(self, epoch: int) -> None:
+        loop = self.loop
+        if loop.global_step not in loop.epoch_end_steps:
+            loop.epoch_end_steps.append(loop.global_step)
+        for averager in self.averagers:
+            averager.after_epoch(self.model, epoch)
+            loop.averagers[averager.name] = averager.state_dict()
+
+    def checkpoint(self) -> None:
+        loop = self.loop
+        self._fold_pending_loss()
+        rng_states = self.ctx.all_gather(rng_state())
+        if not self.ctx.is_main:
+            return
+        loop.early_stopping, loop.selector = self.early_stopping.state_dict(), self.selector.state_dict()
+        self.store.prune(loop.epoch_end_steps)
+        with atomic_directory(self.s.run.last) as folder:
+            self.model.save_pretrained(folder)
+            for averager in self.averagers:
+                averager.save(folder)
+            save_state({"loop": vars(loop).copy(), "optimizer": self.optimizer.state_dict(),
+                        "scaler": self.scaler.state_dict(), "rng": rng_states}, folder / "training_state.pt")
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def trained(self) -> TrainedRun:
+        """What the end of the run needs from training."""
+        averaged = next((a.averaged() for a in self.averagers if a.averaged() is not None), None)
+        n_averaged = sum(a.n_averaged for a in self.averagers)
+        return TrainedRun(self.loop, self.selector, self.store, self.val_loss, self.logger, averaged, n_averaged,
+                          self.padding_efficiency, self.close)
 
     def _local_batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         mine = shard(rows, self.ctx)
@@ -274,7 +318,7 @@ class _RunLoop:
         schedule = lambda at: lr_multiplier(cfg.lr_scheduler_type, at, plan.warmup_steps, plan.total_steps)
         if cfg.swa_lr is None:
             return schedule(step)
-        start = self.swa_start_epoch * plan.steps_per_epoch
+        start = swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs)) * plan.steps_per_epoch
         if step < start:
             return schedule(step)
         anneal = cfg.swa_anneal_steps if cfg.swa_anneal_steps is not None else plan.steps_per_epoch
@@ -286,186 +330,16 @@ class _RunLoop:
         self.loop.loss_since_log += float(self.pending_loss)
         self.pending_loss.zero_()
 
-    def _evaluate(self) -> None:
-        s, loop = self.s, self.loop
-        started = time.perf_counter()
-        logits = self._val_logits(self.model, distributed=True)
-        loop.eval_seconds += time.perf_counter() - started
-        loop.eval_rows += len(s.val_data)
-        metrics = classification_metrics(logits, s.splits.val.labels, self.val_loss, self.plan.label_names)
-        epoch = loop.global_step / self.plan.steps_per_epoch
-        self.selector.record(loop.global_step, epoch, metrics)
-        chosen = self.selector.selected()
-        selected_now = chosen is not None and chosen["step"] != loop.selected_step
-        if self.ctx.is_main:
-            self.logger.log("val", loop.global_step, epoch, metrics)
-            self.store.save(loop.global_step, self.model, logits)
-            if selected_now:
-                self._materialise_best(chosen["step"])
-        if selected_now:
-            loop.selected_step = chosen["step"]
-        loop.stop_training = self.early_stopping.update(metrics["loss"])
-        if self.ctx.any(self.ctx.is_main and self.stop.prune_after(loop.global_step, epoch, metrics)):
-            loop.stop_training = loop.pruned = True
-        loop.last_eval_step = loop.global_step
-        log.info("step %d (epoch %.2f): val loss %.4f  nll %.4f  accuracy %.4f  macro_f1 %.4f%s%s",
-                 loop.global_step, epoch, metrics["loss"], metrics["nll"], metrics["accuracy"], metrics["macro_f1"],
-                 f"  [selected: step {chosen['step']}]" if selected_now else "",
-                 "  [pruned]" if loop.pruned else "  [early stop]" if loop.stop_training else "")
-
-    def _val_logits(self, model: PreTrainedModel, distributed: bool = False) -> np.ndarray:
-        """Validation logits; `distributed`: each process scores its share and all gather the whole."""
-        ctx = self.ctx if distributed else Distributed()
-        logits = predict_logits(model, self.s.val_data, self.cfg.per_device_eval_batch_size, self.plan.precision,
-                                self.s.device, "eval", self.s.show_progress, part=(ctx.rank, ctx.world_size))
-        parts = ctx.all_gather(logits)
-        for part in parts[1:]:  # each row was scored by exactly one process; the others hold NaN there
-            parts[0] = np.where(np.isnan(parts[0]), part, parts[0])
-        return parts[0]
-
-    def _materialise_best(self, step: int) -> None:
-        with atomic_directory(self.s.run.best) as folder:
-            shutil.copytree(self.store.folder(step), folder, dirs_exist_ok=True)
-            (folder / "val_logits.npy").unlink()
-            self.s.tokenizer.save_pretrained(folder)
-
-    def _end_of_epoch(self, epoch: int) -> None:
+    def _log_train(self, step: int, lr: float, grad_norm: torch.Tensor) -> None:
         loop = self.loop
-        if loop.global_step not in loop.epoch_end_steps:
-            loop.epoch_end_steps.append(loop.global_step)
-        if self.cfg.swa_start is not None and epoch >= self.swa_start_epoch and self.ctx.is_main:
-            if self.running_average is None:
-                self.running_average = swa.new_running_average(self.model)
-            self.running_average.update_parameters(self.model)
-            loop.swa_n_averaged = int(self.running_average.n_averaged)
-            log.info("SWA: averaged %d epoch end(s)", loop.swa_n_averaged)
-
-    def _checkpoint(self) -> None:
-        loop = self.loop
-        self._fold_pending_loss()
-        rng_states = self.ctx.all_gather(rng_state())
-        if not self.ctx.is_main:
-            return
-        loop.early_stopping, loop.selector = self.early_stopping.state_dict(), self.selector.state_dict()
-        keep = self.selector.may_be_selected_later() | set(loop.epoch_end_steps[-self.cfg.swa_last_k:]
-                                                          if self.cfg.swa_last_k else [])
-        self.store.prune(keep)
-        with atomic_directory(self.s.run.last) as folder:
-            self.model.save_pretrained(folder)
-            if self.running_average is not None:
-                self.running_average.module.save_pretrained(folder / "swa_running")
-            save_state({"loop": vars(loop).copy(), "optimizer": self.optimizer.state_dict(),
-                        "scaler": self.scaler.state_dict(), "rng": rng_states}, folder / "training_state.pt")
-
-    # --- the end of the run ---------------------------------------------------------------------
-
-    def finish(self, overwrite: bool) -> RunFolder:
-        """Average if asked, choose the kept model, report, predict the test file, rename the folder.
-
-        Under torchrun only rank 0 does this; the others wait and return the same folder.
-        """
-        if not self.ctx.is_main:
-            return RunFolder(Path(self.ctx.broadcast(None)))
-        run = self._finish_main(overwrite)
-        return RunFolder(Path(self.ctx.broadcast(str(run.path))))
-
-    def _finish_main(self, overwrite: bool) -> RunFolder:
-        s, cfg, plan, loop = self.s, self.cfg, self.plan, self.loop
-        chosen = self.selector.selected()
-        if chosen is None:
-            raise UserError(f"{s.run.path}: every evaluation gave NaN; no checkpoint to select "
-                            "(lower --learning-rate?)")
-        models = {"best": {"step": chosen["step"], "epoch": chosen["epoch"], **chosen["metrics"]}}
-        logits = {"best": self.store.logits(chosen["step"])}
-        swa_model = self._averaged_model(models, logits)
-        kept = self._choose_kept(models)
-        kept_logits = logits[kept]
-        s.run.save_val_logits(s.splits.val.ids, s.splits.val.labels, kept_logits)
-        report = classification_report(kept_logits, s.splits.val.labels, plan.label_names)
-        table = format_report(report)
-        self.logger.text("val/report", table, loop.global_step)
-        result = {
-            "kept": kept,
-            "selection_metric": self.selector.metric,
-            "max_loss_increase": cfg.max_loss_increase,
-            "best_step": chosen["step"],
-            "best": models[kept],
-            "models": models,
-            "report": report,
-            "stopped_early": loop.stop_training and loop.global_step < plan.total_steps,
-            "pruned": loop.pruned,
-            "global_step": loop.global_step,
-            "epochs_completed": round(loop.global_step / plan.steps_per_epoch, 4),
-            "train_seconds": round(loop.train_seconds, 2),
-            "train_samples_per_second": round(loop.samples_seen / max(loop.train_seconds, 1e-9), 1),
-            "eval_samples_per_second": round(loop.eval_rows / max(loop.eval_seconds, 1e-9), 1),
-            "padding_efficiency": round(self.padding_efficiency, 4),
-        }
-        if cfg.test_file:
-            model = swa_model if kept == "swa" else load_classifier(
-                s.run.best, plan.num_labels, plan.label_names, None)
-            ids, test_logits = predict_table(cfg, plan, s.preprocessor, s.tokenizer,
-                                             model.to(s.device), cfg.test_file, s.device, s.show_progress)
-            write_predictions(s.run.submission, ids, test_logits, cfg.id_column)
-            result["test_predicted_counts"] = class_distribution(test_logits.argmax(axis=1), plan.num_labels)
-        s.run.write_json(s.run.result, result)
-        self.store.remove()
-        (existing_directory(s.run.last) / "training_state.pt").unlink(missing_ok=True)
-        log.info("kept %s/ (selected by %s); on validation:\n%s", kept, self.selector.metric, table)
-        self.close()
-        return finish(s.run, overwrite)
-
-    def _averaged_model(self, models: dict, logits: dict) -> PreTrainedModel | None:
-        """Build, evaluate and save swa/; with --swa-last-k K also report the averages of k < K."""
-        s, cfg, plan, loop = self.s, self.cfg, self.plan, self.loop
-        load = lambda folder: load_classifier(folder, plan.num_labels, plan.label_names, None)
-        if cfg.swa_last_k:
-            ends = loop.epoch_end_steps
-            if len(ends) < cfg.swa_last_k:
-                log.warning("--swa-last-k %d: only %d epoch end(s) to average", cfg.swa_last_k, len(ends))
-            candidates = {k: ends[-k:] for k in range(1, min(cfg.swa_last_k, len(ends)) + 1)}
-        elif self.running_average is not None:
-            candidates = {loop.swa_n_averaged: None}
-        else:
-            return None
-        averaged = None
-        for k, steps in candidates.items():
-            averaged = (self.running_average.module if steps is None
-                        else swa.average_checkpoints([self.store.folder(step) for step in steps], load))
-            averaged.to(s.device)
-            k_logits = self._val_logits(averaged)
-            metrics = classification_metrics(k_logits, s.splits.val.labels, self.val_loss, plan.label_names)
-            models[f"swa_{k}"] = {"averaged_steps": steps, **metrics}
-            log.info("SWA of the last %d epoch end(s): val loss %.4f  accuracy %.4f  macro_f1 %.4f",
-                     k, metrics["loss"], metrics["accuracy"], metrics["macro_f1"])
-        models["swa"] = models.pop(f"swa_{k}")
-        logits["swa"] = k_logits
-        with atomic_directory(s.run.path / "swa") as folder:
-            averaged.save_pretrained(folder)
-            s.tokenizer.save_pretrained(folder)
-        return averaged
-
-    def _choose_kept(self, models: dict) -> str:
-        if "swa" not in models or self.cfg.keep == "best":
-            return "best"
-        if self.cfg.keep == "swa":
-            return "swa"
-        metric, swa_metrics, best = self.selector.metric, models["swa"], models["best"]
-        better = (swa_metrics[metric] > best[metric]) if self.selector.greater_is_better \
-            else (swa_metrics[metric] < best[metric])
-        return "swa" if better and self.selector.eligible(swa_metrics) else "best"
+        loss = loop.loss_since_log / max(1, loop.windows_since_log)
+        speed = loop.samples_seen / max(loop.train_seconds, 1e-9)
+        self.logger.log("train", step, step / self.plan.steps_per_epoch,
+                        {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "samples_per_second": speed})
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{speed:.0f}")
+        loop.loss_since_log, loop.windows_since_log = 0.0, 0
 
 
 def _make_loss(cfg: TrainConfig, plan: TrainingPlan) -> FocalLoss:
     gamma = cfg.focal_loss_gamma if cfg.uses_focal_loss else 0.0
     return FocalLoss(plan.num_labels, gamma, plan.focal_alpha, cfg.label_smoothing_factor)
-
-
-def _log_train(logger: MetricsLogger, loop: LoopState, plan: TrainingPlan, lr: float,
-               grad_norm: torch.Tensor, bar) -> None:
-    loss = loop.loss_since_log / max(1, loop.windows_since_log)
-    speed = loop.samples_seen / max(loop.train_seconds, 1e-9)
-    logger.log("train", loop.global_step, loop.global_step / plan.steps_per_epoch,
-               {"loss": loss, "lr": lr, "grad_norm": float(grad_norm), "samples_per_second": speed})
-    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{speed:.0f}")
-    loop.loss_since_log, loop.windows_since_log = 0.0, 0

@@ -15,7 +15,7 @@ import torch
 from lib.core.errors import UserError
 
 STATE_FORMAT = "textclf-training-state"
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 @dataclass

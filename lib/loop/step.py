@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -21,34 +22,64 @@ class StepOutcome:
     applied: bool  # False when the fp16 scaler skipped the step because of inf/NaN gradients
 
 
-def accumulate_window(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], loss_fn: torch.nn.Module,
-                      scaler: torch.amp.GradScaler, precision: str, device: torch.device,
-                      window_samples: int | None = None, world_size: int = 1) -> torch.Tensor:
-    """Forward and backward over one accumulation window; returns this process's share of the
-    window's per-sample mean loss.
+@dataclass(frozen=True)
+class WindowShare:
+    """How one micro-batch's summed loss becomes its share of the accumulation window's gradient.
 
-    Each micro-batch's summed per-sample loss is divided by the number of samples in the whole
-    window, so k micro-batches give the same gradient as one batch of all their rows, including
-    a short last window (the HF Trainer divides by the number of micro-batches instead). Under
-    DistributedDataParallel, `window_samples` counts the rows of all processes and the loss is
-    multiplied by `world_size` to undo DDP's gradient averaging; gradients are all-reduced only on
-    the last micro-batch. A batch may carry a `weight` of 0 (a placeholder row for a process
-    whose share of the last batch is empty).
+    Each micro-batch's summed loss is divided by the count (samples, or masked tokens) of the
+    whole window, so k micro-batches give the same gradient as one batch of all their rows,
+    including a short last window (the HF Trainer divides by the number of micro-batches instead).
+    Under DistributedDataParallel `denominator` counts the rows of every process and the loss is
+    multiplied by `world_size` to undo DDP's gradient averaging.
     """
-    if window_samples is None:
-        window_samples = sum(len(batch["labels"]) for batch in batches)
-    total = torch.zeros((), device=device)
+
+    denominator: float
+    scaler: torch.amp.GradScaler
+    world_size: int = 1
+
+    def backward(self, loss_sum: torch.Tensor) -> None:
+        self.scaler.scale(loss_sum / self.denominator * self.world_size).backward()
+
+
+class BatchObjective(Protocol):
+    """Forward, loss and backward of one micro-batch: the extension point for techniques that need
+    a second forward pass or an adversarial step around the plain one."""
+
+    def backward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], share: WindowShare) -> torch.Tensor:
+        """Backpropagate this batch's share of the window loss; return its summed loss, detached."""
+
+
+class ClassifierObjective:
+    """The summed per-sample loss of a sequence classifier's logits, under the run's autocast.
+
+    A batch may carry a `weight` of 0 (a placeholder row for a process whose share of the last
+    batch is empty: DDP needs a forward on every rank).
+    """
+
+    def __init__(self, loss_fn: torch.nn.Module, precision: str, device: torch.device) -> None:
+        self.loss_fn, self.precision, self.device = loss_fn, precision, device
+
+    def backward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], share: WindowShare) -> torch.Tensor:
+        with autocast(self.precision, self.device):
+            logits = model(input_ids=batch["input_ids"].to(self.device, non_blocking=True),
+                           attention_mask=batch["attention_mask"].to(self.device, non_blocking=True)).logits
+        labels = batch["labels"].to(self.device, non_blocking=True)
+        loss = self.loss_fn(logits, labels).sum() * batch.get("weight", 1.0)
+        share.backward(loss)
+        return loss.detach()
+
+
+def accumulate_window(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], objective: BatchObjective,
+                      share: WindowShare) -> torch.Tensor:
+    """Forward and backward over one accumulation window; returns this process's share of the
+    window's mean loss. Under DDP, gradients are all-reduced only on the last micro-batch."""
+    total = None
     for index, batch in enumerate(batches):
         last = index == len(batches) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            with autocast(precision, device):
-                logits = model(input_ids=batch["input_ids"].to(device, non_blocking=True),
-                               attention_mask=batch["attention_mask"].to(device, non_blocking=True)).logits
-            loss = loss_fn(logits, batch["labels"].to(device, non_blocking=True)).sum() * batch.get("weight", 1.0)
-            loss = loss / window_samples
-            scaler.scale(loss * world_size).backward()
-        total += loss.detach()
+            loss = objective.backward(model, batch, share) / share.denominator
+        total = loss if total is None else total + loss
     return total
 
 

@@ -1,10 +1,7 @@
-"""Weight averaging with `torch.optim.swa_utils.AveragedModel`: post hoc over the last K epoch
-checkpoints (the user's "SWA-K", i.e. latest weight averaging), or during training from
-`--swa-start` on, optionally with `SWALR`.
+"""SWA after training, over saved checkpoints (the user's "SWA-K": the last K epoch ends), and the
+epoch from which `--swa-start` averages during training (`lib.loop.averaging.EpochSWA`).
 
-Averages are kept in fp32 on the CPU (a running mean in half precision drifts), with
-`use_buffers=False`: BERT's only buffers are integer position/token-type ids, and `update_bn` is
-a no-op for LayerNorm models, so it is not called.
+Averages are kept in fp32 on the CPU (a running mean in half precision drifts).
 """
 
 from __future__ import annotations
@@ -49,13 +46,3 @@ def start_epoch(swa_start: float, num_epochs: int) -> int:
     if epoch >= num_epochs:
         raise UserError(f"--swa-start {swa_start}: the run has only {num_epochs} epochs")
     return epoch
-
-
-def new_running_average(model: PreTrainedModel) -> AveragedModel:
-    return AveragedModel(model, device=torch.device("cpu"))
-
-
-def restore_running_average(module: PreTrainedModel, n_averaged: int) -> AveragedModel:
-    averaged = AveragedModel(module.float().cpu(), device=torch.device("cpu"))
-    averaged.n_averaged.fill_(n_averaged)
-    return averaged

@@ -40,8 +40,9 @@ from lib.data.batching import EncodedTexts, load_ids, save_ids, training_batches
 from lib.data.mlm import (IGNORE_INDEX, DynamicMasker, collate_mlm, encode_for_packing, masking_generator,
                           pack_sequences, read_texts)
 from lib.data.preprocess import TextPreprocessor
-from lib.finetune.run_folder import INCOMPLETE_SUFFIX, RunFolder, environment_record, finish
-from lib.loop.optim import build_adamw
+from lib.finetune.run_folder import INCOMPLETE_SUFFIX, RunFolder, finish
+from lib.loop.work_folder import environment_record
+from lib.loop.optim import DecayByShape, build_adamw
 from lib.loop.schedule import lr_multiplier, set_learning_rate
 from lib.loop.state import LoopPosition, load_state, rng_state, save_state, set_rng_state
 from lib.loop.step import optimizer_step
@@ -232,7 +233,7 @@ class _Pretraining:
 
     def __init__(self, s: _Session, loop: LoopState, optimizer_state: dict | None, scaler_state: dict | None):
         self.s, self.cfg, self.plan, self.model, self.loop = s, s.cfg, s.plan, s.model, loop
-        self.optimizer = build_adamw(self.model, s.plan.learning_rate, s.cfg.weight_decay,
+        self.optimizer = build_adamw(self.model, DecayByShape(s.plan.learning_rate, s.cfg.weight_decay),
                                      (s.cfg.adam_beta1, s.cfg.adam_beta2), s.cfg.adam_epsilon,
                                      fused=s.device.type in ("cpu", "cuda"))
         self.scaler = make_grad_scaler(s.plan.precision, s.device)
