@@ -1,11 +1,11 @@
 """Write a CSV of back-translated training reviews (review -> pivot language -> review), labels kept.
 
     python backtranslate.py --train data/train.csv --forward models/opus-ko-en --backward models/opus-en-ko \\
-        --out data/train_bt.csv --keep-original
+        --out data/train_bt.csv
     python backtranslate.py --train data/train.csv --forward models/t5-ko-en --backward models/t5-ko-en \\
         --forward-prefix "translate Korean to English: " --backward-prefix "translate English to Korean: " \\
         --sample --temperature 0.8 --max-rows 2000 --out data/train_bt_sample.csv
-    python train.py --train-file data/train_bt.csv ...
+    python train.py --augmented-train-file data/train_bt.csv ...   # only rows made from the training split
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--id-column", default="ID")
     parser.add_argument("--text-column", default="review")
     parser.add_argument("--label-column", default="label")
-    parser.add_argument("--keep-original", action="store_true", help="write the original rows first")
     parser.add_argument("--max-rows", type=int, default=None, help="paraphrase a seeded random sample of N rows")
     parser.add_argument("--batch-size", type=int, default=32, help="texts per generate() call")
     parser.add_argument("--max-length", type=int, default=256, help="input tokens kept per text")
@@ -53,8 +52,7 @@ def main(argv: list[str]) -> int:
     summary = back_translate_file(
         args.train, args.out, Columns(args.id_column, args.text_column, args.label_column), args.forward,
         args.backward, settings, forward_prefix=args.forward_prefix, backward_prefix=args.backward_prefix,
-        max_rows=args.max_rows, seed=args.seed, keep_original=args.keep_original, device=args.device,
-        show_progress=progress_enabled(args.quiet))
+        max_rows=args.max_rows, seed=args.seed, device=args.device, show_progress=progress_enabled(args.quiet))
     print(summary)
     print(f"wrote {args.out}")
     return 0

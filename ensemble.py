@@ -1,6 +1,7 @@
 """Train ensemble members, or combine finished runs into one prediction.
 
-    python ensemble.py train --models scratch:tiny scratch:mini --config experiments/x.json [--folds 5] [train.py flags]
+    python ensemble.py train --models scratch:tiny scratch:mini --config experiments/nsmc4_scratch.yaml \\
+        [--folds 5] [train.py flags]
     python ensemble.py vote runs/a runs/b --test data/test.csv --out submission.csv [--weights fit] [--stack]
         [--calibrate temperature] [--prior-correction em|train|counts] [--save runs/ens-NAME]
 """
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from lib.core.cli import CliParser, run_cli
+from lib.core.options import checked_number
 from lib.core.progress import progress_enabled
 from lib.ensemble.calibration import CALIBRATIONS, PRIOR_CORRECTIONS
 from lib.ensemble.pooling import AVERAGE_MODES
@@ -30,7 +32,7 @@ def _build_parser() -> argparse.ArgumentParser:
                     "--output-dir, --overwrite, --quiet, ...) applies to every member.")
     train.add_argument("--models", nargs="+", required=True,
                        help="hub ids, local folders or scratch: presets, one member each")
-    train.add_argument("--folds", type=int, default=None,
+    train.add_argument("--folds", type=checked_number(int, at_least=2), default=None,
                        help="K-fold members: K runs per model and their out-of-fold logits (default: the "
                             "config's num_folds, else one validation split)")
     train.add_argument("--name", default=None, help="prefix of the member folders (default: ens-<date>-<time>)")
@@ -60,7 +62,8 @@ def _build_parser() -> argparse.ArgumentParser:
     combine.add_argument("--save", type=Path, default=None, help="write an ensemble folder predict.py can use")
     combine.add_argument("--overwrite", action="store_true", help="replace the --save folder if it exists")
     combine.add_argument("--pred-column", default="pred", help="name of the prediction column (default: pred)")
-    combine.add_argument("--batch-size", type=int, default=None, help="default: each run's eval batch size")
+    combine.add_argument("--batch-size", type=checked_number(int, at_least=1), default=None,
+                         help="default: each run's eval batch size")
     combine.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
     combine.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser

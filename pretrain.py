@@ -2,6 +2,7 @@
 
     python pretrain.py --texts data/unlabeled.csv.gz data/train.csv data/test.csv --preset mini --out models/mini-mlm
     python pretrain.py --texts data/train.csv --init klue/bert-base --max-minutes 60 --out models/klue-tapt
+    python pretrain.py --config <file>.yaml --max-minutes 30   # options from a JSON/YAML file; flags win
     python pretrain.py --resume models/mini-mlm.incomplete
     python train.py --model models/mini-mlm
 """
@@ -13,9 +14,9 @@ import sys
 
 from lib.core.cli import run_cli
 from lib.core.progress import progress_enabled
-from lib.loop.stop import StopRequest
+from lib.loop.stop import StopRequest, TrainingInterrupted
 from lib.pretrain.config import parse_pretrain_args
-from lib.pretrain.trainer import PretrainingInterrupted, pretrain_new, resume_pretraining
+from lib.pretrain.trainer import pretrain_new, resume_pretraining
 
 
 def main(argv: list[str]) -> int:
@@ -29,7 +30,7 @@ def main(argv: list[str]) -> int:
             else:
                 folder = pretrain_new(invocation.config, overwrite=invocation.overwrite, show_progress=show_progress,
                                       argv=argv, stop=stop)
-    except PretrainingInterrupted as interrupted:
+    except TrainingInterrupted as interrupted:
         print(f"\nstopped; state saved. Resume with:\n  python pretrain.py --resume {interrupted.run_path}",
               file=sys.stderr)
         return 130

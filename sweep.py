@@ -9,29 +9,33 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
+import torch
+
 from lib.core.cli import CliParser, run_cli
-from lib.core.errors import UserError
+from lib.core.options import checked_number
 from lib.core.progress import progress_enabled
-from lib.search.sweep import SweepFolder, SweepOptions, create_sweep, run_sweep, write_status
+from lib.search.sweep import SweepFolder, SweepOptions, create_sweep, run_sweep, run_worker, write_status
 
 
 def main(argv: list[str]) -> int:
     parser = CliParser(prog="sweep.py", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("experiments/sweep.json"),
                         help="sweep config in the W&B schema, JSON or YAML (default: experiments/sweep.json)")
-    parser.add_argument("--trials", type=int, default=None,
+    parser.add_argument("--trials", type=checked_number(int, at_least=1), default=None,
                         help="total number of trials of the sweep, counted over every resume (default: run_cap)")
     parser.add_argument("--output-dir", type=Path, default=Path("runs"), help="where the sweep folder goes (default: runs)")
     parser.add_argument("--name", default=None, help="sweep folder name (default: sweep-<date>-<time>)")
     parser.add_argument("--seed", type=int, default=0,
                         help="sampler seed; suggestion k depends only on (seed, k) (default: 0)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default: 1)")
-    parser.add_argument("--stale-after", type=float, default=600.0,
+    parser.add_argument("--workers", type=checked_number(int, at_least=1), default=1,
+                        help="worker processes on this machine (default: 1)")
+    parser.add_argument("--stale-after", type=checked_number(float, above=0), default=600.0,
                         help="seconds without a heartbeat before a running trial is requeued (default: 600)")
-    parser.add_argument("--n-startup-trials", type=int, default=5,
+    parser.add_argument("--n-startup-trials", type=checked_number(int, at_least=0), default=5,
                         help="random (Latin hypercube) trials before TPE models the space (default: 5)")
     parser.add_argument("--resume", type=Path, default=None, help="continue the sweep in this folder")
     parser.add_argument("--status", type=Path, default=None, help="print the trial table of this sweep folder")
@@ -40,21 +44,29 @@ def main(argv: list[str]) -> int:
     if args.status:
         print(write_status(SweepFolder(args.status)))
         return 0
-    for flag, value in (("--trials", args.trials), ("--workers", args.workers)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag}: expected a whole number >= 1, got {value}")
     folder = SweepFolder(args.resume) if args.resume else create_sweep(args.config, args.output_dir, args.name,
                                                                        args.seed, args.trials)
     options = SweepOptions(args.trials, args.workers, args.stale_after, args.n_startup_trials,
                            progress_enabled(args.quiet))
     try:
-        run_sweep(folder.path, options)
+        run_sweep(folder.path, options, worker_process)
     except KeyboardInterrupt:
         print(f"\nstopped; the running trial keeps its state. Continue with:\n  python sweep.py --resume {folder.path}",
               file=sys.stderr)
         return 130
     print(write_status(folder))
     return 0
+
+
+def worker_process(path: Path, options: SweepOptions, threads: int) -> None:
+    """One of --workers N processes: its share of the CPU threads and its own log lines. Ctrl-C reaches
+    every worker; each saves its trial and returns it to the queue, and the parent says how to resume."""
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        run_worker(path, options)
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

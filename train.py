@@ -2,7 +2,7 @@
 
     python train.py                                   # offline default: a scratch BERT on data/train.csv
     python train.py --model klue/bert-base --gamma 2.96
-    python train.py --config experiments/nsmc4_scratch.json --epochs 2
+    python train.py --config experiments/nsmc4_scratch.yaml --epochs 2
     python train.py --resume runs/<name>.incomplete
 """
 

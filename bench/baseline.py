@@ -6,7 +6,7 @@
     python -m bench.baseline --test-file data/test.csv --out submission_tfidf.csv
     python -m bench.baseline --blend-with runs/tiny-s42 runs/ens-offline   # does a model add to TF-IDF?
 
-The rows come from `lib.data.load_splits` with a `TrainConfig` built like train.py's (experiment
+The rows come from `lib.finetune.splits.load_splits` with a `TrainConfig` built like train.py's (experiment
 file, then these flags), so the validation rows are exactly those a fine-tuning run with the same
 seed / val_size / train_file scores on, and every neural result can be reported next to this one.
 The texts are the raw reviews: a classical baseline should not depend on our preprocessing.
@@ -31,9 +31,10 @@ from sklearn.pipeline import FeatureUnion, make_pipeline
 
 from lib.core.cli import run_cli
 from lib.core.errors import UserError
+from lib.core.options import read_config_file
 from lib.data.tables import Columns, positions, read_table
 from lib.ensemble.members import read_val_logits
-from lib.finetune.config import TrainConfig, read_config_file
+from lib.finetune.config import TrainConfig
 from lib.finetune.metrics import classification_report, format_report
 from lib.finetune.predict import write_predictions
 from lib.finetune.splits import load_splits

@@ -11,10 +11,10 @@ torch.compile, the tokenisation cache and padding efficiency.
 Every configuration runs in its own fresh process; `--repeats N` runs them all N times, interleaved,
 and keeps the best of each measure. Each part prints the command that repeats it alone.
 
-Fair comparison. One model folder (a `scratch:` preset built once by `lib.backbone.prepare_backbone`,
+Fair comparison. One model folder (a `scratch:` preset built once by `lib.model.backbone.prepare_backbone`,
 saved with `save_pretrained`) is the starting point of every run: ours loads it with
 `train_new(model=<folder>)` through `from_pretrained` like a hub model; the Trainer loads the same
-folder. Both sides get the same rows (`lib.data.load_splits`), the same preprocessed texts, the same
+folder. Both sides get the same rows (`lib.finetune.splits.load_splits`), the same preprocessed texts, the same
 token ids (checked), max length, batch sizes, epochs, precision, AdamW settings (HF's default optimizer
 is fused AdamW, as ours), linear schedule with the same warm-up steps, clipping, and an evaluation at
 every epoch end. Gradient accumulation is 1, so the transformers 5.x loss scaling bug under
@@ -34,7 +34,7 @@ processes stretch wall time, not the CPU time a side spends. Set-up (reading, pr
 tokenising, building the model and optimizer) and evaluation are excluded everywhere and set-up is
 shown apart. Prediction: the validation split, best of two passes, (a) from token ids already in
 memory (`predict_logits` / `Trainer.predict`), (b) from the CSV file (`predict_table`; the Trainer side
-reads the same file with `lib.data.read_table`, applies the same preprocessor and tokenises). Peak
+reads the same file with `lib.data.tables.read_table`, applies the same preprocessor and tokenises). Peak
 memory is the peak resident set size of each side's own process (every run is a fresh `spawn`
 subprocess).
 
@@ -309,7 +309,7 @@ class _OursClock(StopRequest):
 # --- the two sides ---------------------------------------------------------------------------------
 
 def ours_side(options: dict[str, Any], threads: int, *, steady: bool = True, val_csv: str | None = None) -> dict:
-    """Train with `lib.trainer.train_new`. `steady`: also the steady step rates (re-tokenises the
+    """Train with `lib.finetune.trainer.train_new`. `steady`: also the steady step rates (re-tokenises the
     training rows to know each step's rows); `val_csv`: also predict that file with the finished run."""
     _worker_setup(threads)
     cfg = TrainConfig(**options)

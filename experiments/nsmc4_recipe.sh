@@ -5,9 +5,9 @@
 #   bash experiments/nsmc4_recipe.sh                              # about 15 minutes on 2 CPU cores
 #   bash experiments/nsmc4_recipe.sh --max-train-samples 3000 --epochs 1   # a dry run (train.py flags)
 #   PRIOR_CORRECTION=none bash experiments/nsmc4_recipe.sh        # the plain vote (best accuracy)
-# Validation figures of each step are in README.md (Results). On a GPU: not measured.
+# Validation figures of each step are in docs/results.md. On a GPU: not measured.
 # Pretraining is left out: 15 minutes of pretrain.py gave a tiny model nothing measurable here.
-# Distillation onto data/unlabeled.csv.gz is left out too: the student matched the vote, not more (README).
+# Distillation onto data/unlabeled.csv.gz is left out too: the student matched the vote, not more (docs/results.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=.venv/bin/python

@@ -12,6 +12,7 @@ import pytest
 
 from lib.finetune.config import TrainConfig
 from lib.loop.stop import StopRequest
+from lib.pretrain.config import PretrainConfig
 
 # Each class has its own cue words; filler words are shared, so the task is separable but not trivial.
 CUES = {
@@ -78,3 +79,38 @@ class StopAtStep(StopRequest):
 
     def should_stop(self, global_step: int) -> bool:
         return global_step >= self.step
+
+
+# Reviews made of fixed phrases: a masked word is predictable from its neighbours, as in real text
+# (write_reviews' bags of random words would teach an MLM only word frequencies).
+PHRASES = ["이 영화 정말 최고 의 명작", "배우 들 연기 가 너무 별로", "스토리 는 그냥 무난 하고 볼만",
+           "음악 과 장면 이 진짜 감동", "결말 이 지루 해서 아쉽다", "ㅋㅋ 웃기 지만 노잼 쓰레기",
+           "시간 가는 줄 몰랐다", "다시 보고 싶은 영화"]
+
+
+def _write_texts(path: Path, rows: list[str]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ID", "review"])
+        writer.writerows((f"U{i:05d}", text) for i, text in enumerate(rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus(toy_data, tmp_path_factory) -> dict[str, Path]:
+    """Unlabelled reviews, plus a file whose NSMC-style name redactions and URLs become special tokens."""
+    folder = tmp_path_factory.mktemp("corpus")
+    rng = random.Random(3)
+    reviews = [" ".join(rng.sample(PHRASES, rng.randint(1, 4))) for _ in range(600)]
+    extra = [f"OO 나오는 영화 {i}번째 http://example.com/{i} 최고" for i in range(6)]
+    return {"reviews": _write_texts(folder / "texts.csv", reviews), "extra": _write_texts(folder / "extra.csv", extra),
+            "toy_train": toy_data["train"]}
+
+
+def tiny_pretrain_config(corpus: dict[str, Path], init: Path, out: Path, **overrides) -> PretrainConfig:
+    """Task-adaptive pretraining of the tiny BERT on the phrases and the fine-tuning texts (labels unused)."""
+    values = dict(texts=(str(corpus["reviews"]), str(corpus["toy_train"])), init=str(init), preset=None, eval_texts=60, max_length=64,
+                  per_device_train_batch_size=8, learning_rate=3e-3, warmup_ratio=0.1, max_steps=40, eval_steps=20,
+                  logging_steps=5, seed=11, output_dir=str(out.parent), run_name=out.name, cache_dir=None)
+    values.update(overrides)
+    return PretrainConfig(**values)

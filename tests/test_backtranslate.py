@@ -81,13 +81,6 @@ def test_paraphrases_keep_ids_and_labels(capsys, translator, reviews, tmp_path):
     assert (originals["review"].to_numpy() != result["review"].to_numpy()).all()
     assert (result["review"].str.strip() != "").all()
 
-    # --keep-original: the input's rows first, unchanged, then the very same paraphrases.
-    _, written_all, _ = _translate(capsys, translator, reviews, tmp_path / "all.csv", "--seed", 1, "--keep-original")
-    combined = pd.read_csv(tmp_path / "all.csv", dtype=str, keep_default_na=False)
-    assert written_all == len(combined) == ROWS + written
-    pd.testing.assert_frame_equal(combined.iloc[:ROWS], source)
-    pd.testing.assert_frame_equal(combined.iloc[ROWS:].reset_index(drop=True), result)
-
 
 def test_seed_fixes_the_paraphrases(capsys, translator, reviews, tmp_path):
     runs = {}

@@ -6,6 +6,7 @@ import pytest
 
 from lib.finetune.config import option_names, parse_train_args
 from lib.search import load_sweep_config
+from lib.search.sweep import check_space
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -19,3 +20,8 @@ def test_training_configs_parse(path):
 def test_sweep_configs_name_train_options(path):
     space = load_sweep_config(path, known_parameters=option_names())
     assert "learning_rate" in space.to_dict()["parameters"]
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("sweep*.json")), ids=lambda p: p.name)
+def test_sweep_configs_hold_only_values_train_options_accept(path):
+    check_space(load_sweep_config(path, known_parameters=option_names()), f"sweep config {path}")

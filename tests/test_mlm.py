@@ -103,7 +103,7 @@ def test_collate_pads_and_masks_packed_sequences():
 def test_a_wordpiece_tokenizer_gives_specials_and_word_pieces():
     texts = ["진짜 재밌다 최고의 영화", "스토리가 너무 뻔해요", "배우들 연기는 좋았는데"] * 30
     tokenizer = train_wordpiece(texts, vocab_size=120, extra_special_tokens=["[URL]"])
-    tokenizer.add_special_tokens({"additional_special_tokens": ["[URL]"]})  # as lib.backbone does
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[URL]"]})  # as lib.model.backbone does
     masker = DynamicMasker.from_tokenizer(tokenizer, whole_word=True)
     url = tokenizer.convert_tokens_to_ids("[URL]")
     assert masker.is_special[[tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id, url]].all()

@@ -1,8 +1,6 @@
 """pretrain.py: a tiny MLM run learns, its folder fine-tunes through train.py, resume is exact, bad input is refused."""
 
-import csv
 import json
-import random
 from pathlib import Path
 
 import pytest
@@ -15,37 +13,13 @@ from lib.core.cli import run_cli
 from lib.data.mlm import DynamicMasker, collate_mlm, pack_sequences, read_texts
 from lib.finetune.trainer import train_new
 from lib.loop.schedule import lr_multiplier
+from lib.loop.stop import TrainingInterrupted
 from lib.model.backbone import add_special_tokens, train_wordpiece
+from lib.model.mlm import masked_logits
 from lib.pretrain.config import PretrainConfig
-from lib.pretrain.trainer import (PretrainingInterrupted, masked_logits, pretrain_new, resume_pretraining,
-                                  steps_for_budget)
-from tests.conftest import StopAtStep, tiny_config
-
-# Reviews made of fixed phrases: a masked word is predictable from its neighbours, as in real text
-# (write_reviews' bags of random words would teach an MLM only word frequencies).
-PHRASES = ["이 영화 정말 최고 의 명작", "배우 들 연기 가 너무 별로", "스토리 는 그냥 무난 하고 볼만",
-           "음악 과 장면 이 진짜 감동", "결말 이 지루 해서 아쉽다", "ㅋㅋ 웃기 지만 노잼 쓰레기",
-           "시간 가는 줄 몰랐다", "다시 보고 싶은 영화"]
-
-
-def _write_texts(path: Path, rows: list[str]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["ID", "review"])
-        writer.writerows((f"U{i:05d}", text) for i, text in enumerate(rows))
-    return path
-
-
-@pytest.fixture(scope="module")
-def corpus(toy_data, tmp_path_factory) -> dict[str, Path]:
-    """Unlabelled reviews, plus a file whose NSMC-style name redactions and URLs become special tokens."""
-    folder = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(3)
-    reviews = [" ".join(rng.sample(PHRASES, rng.randint(1, 4))) for _ in range(600)]
-    extra = [f"OO 나오는 영화 {i}번째 http://example.com/{i} 최고" for i in range(6)]
-    return {"reviews": _write_texts(folder / "texts.csv", reviews), "extra": _write_texts(folder / "extra.csv", extra),
-            "toy_train": toy_data["train"]}
-
+from lib.pretrain.plan import steps_for_budget
+from lib.pretrain.trainer import pretrain_new, resume_pretraining
+from tests.conftest import StopAtStep, tiny_config, tiny_pretrain_config
 
 @pytest.fixture(scope="module")
 def tiny_init(corpus, toy_data, tmp_path_factory) -> Path:
@@ -58,15 +32,6 @@ def tiny_init(corpus, toy_data, tmp_path_factory) -> Path:
     BertForMaskedLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
-
-
-def tiny_pretrain_config(corpus: dict[str, Path], init: Path, out: Path, **overrides) -> PretrainConfig:
-    """Task-adaptive pretraining of the tiny BERT on the phrases and the fine-tuning texts (labels unused)."""
-    values = dict(texts=(str(corpus["reviews"]), str(corpus["toy_train"])), init=str(init), preset=None, eval_texts=60, max_length=64,
-                  batch_size=8, learning_rate=3e-3, warmup_ratio=0.1, max_steps=40, eval_steps=20, logging_steps=5,
-                  seed=11, out=str(out), cache_dir=None)
-    values.update(overrides)
-    return PretrainConfig(**values)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +106,7 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(corpus, t
     overrides = dict(max_steps=12, eval_steps=4, logging_steps=3, gradient_accumulation_steps=2)
     straight = pretrain_new(tiny_pretrain_config(corpus, tiny_init, tmp_path / "a" / "m", **overrides))
 
-    with pytest.raises(PretrainingInterrupted) as interrupted:
+    with pytest.raises(TrainingInterrupted) as interrupted:
         pretrain_new(tiny_pretrain_config(corpus, tiny_init, tmp_path / "b" / "m", **overrides), stop=StopAtStep(6))
     assert interrupted.value.run_path == tmp_path / "b" / "m.incomplete"
     assert not (tmp_path / "b" / "m").exists()

@@ -58,8 +58,8 @@ def test_step_counts_follow_the_hf_trainer(toy_data, tmp_path):
 
 
 def test_unset_warmup_and_learning_rate_depend_on_whether_weights_are_random(toy_data, tmp_path):
-    from lib.finetune.plan import PRETRAINED_LEARNING_RATE, SCRATCH_WARMUP_RATIO, default_learning_rate
-    from lib.model.backbone import SCRATCH_PRESETS
+    from lib.finetune.plan import SCRATCH_WARMUP_RATIO, default_learning_rate
+    from lib.model.backbone import PRETRAINED_LEARNING_RATE, SCRATCH_PRESETS
 
     cfg = tiny_config(toy_data, tmp_path, warmup_ratio=None, learning_rate=None, num_train_epochs=1)
     assert step_counts(cfg, 1600, from_scratch=True)[3] == math.ceil(100 * SCRATCH_WARMUP_RATIO)

@@ -101,7 +101,7 @@ def test_two_worker_processes_share_one_sweep_without_running_a_trial_twice(tmp_
     folder = lib.search.sweep.create_sweep(Path(_config(tmp_path, toy_data, pruning=False)), tmp_path / "runs", "w",
                                     seed=0, trials=None)
     run_sweep(folder.path, SweepOptions(trials=None, workers=2, stale_after_s=600, n_startup_trials=5,
-                                        show_progress=False))
+                                        show_progress=False), sweep.worker_process)
     trials = Journal.open(folder.journal).trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert all(t.attempt == 1 for t in trials)  # each claimed once, by whichever worker got there first

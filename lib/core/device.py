@@ -13,8 +13,23 @@ import torch
 
 from lib.core.errors import UserError
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICE_FORMS = "auto, cpu or cuda[:N]"
+
+
+def parse_device(text: str) -> str:
+    """A --device value as written: auto, cpu, cuda or cuda:N; whether CUDA is there is checked at the start."""
+    index = text[len("cuda:"):] if text.startswith("cuda:") else ""
+    if text not in ("auto", "cpu", "cuda") and not index.isdigit():
+        raise ValueError(text)
+    return text
+
 
 def resolve_device(requested: str) -> torch.device:
+    try:
+        parse_device(requested)
+    except ValueError:
+        raise UserError(f"--device: expected {DEVICE_FORMS}, got {requested!r}") from None
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():

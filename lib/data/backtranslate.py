@@ -25,9 +25,9 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, PreTrainedModel, 
 from lib.core.device import resolve_device
 from lib.core.errors import UserError
 from lib.core.files import atomic_write_text
+from lib.core.hub import first_line, loadable
 from lib.core.progress import progress_bar
 from lib.data.tables import Columns, read_table
-from lib.model.backbone import check_reachable, first_line
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Translator:
 @dataclass(frozen=True)
 class BackTranslationSummary:
     rows_in: int
-    written: int  # rows in the output file, originals included
+    written: int  # rows in the output file
     empty: int
     unchanged: int
     seconds: float  # translation only, model loading excluded
@@ -87,11 +87,9 @@ class BackTranslationSummary:
 
 def load_translator(name_or_path: str, flag: str, prefix: str, device: torch.device) -> Translator:
     """Load one direction; an id that is neither local, cached nor reachable fails at once in one line."""
-    try:
-        check_reachable(name_or_path)
-    except UserError:  # its message suggests classifier presets, which cannot translate
+    if not loadable(name_or_path):
         raise UserError(f"{flag} {name_or_path}: not a local folder, not in the Hugging Face cache, and the hub "
-                        f"cannot be reached (offline?); pass a local folder holding a translation model") from None
+                        f"cannot be reached (offline?); pass a local folder holding a translation model")
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path)  # first: its errors name the missing file
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
@@ -151,9 +149,9 @@ def select_paraphrases(originals: Sequence[str], paraphrases: Sequence[str]) -> 
 
 def back_translate_file(train: Path, out: Path, columns: Columns, forward: str, backward: str,
                         settings: GenerationSettings, *, forward_prefix: str = "", backward_prefix: str = "",
-                        max_rows: int | None = None, seed: int = 0, keep_original: bool = False,
-                        device: str = "auto", show_progress: bool = False) -> BackTranslationSummary:
-    """Write `out`: the originals first if asked, then one `<ID>_bt` row per new paraphrase.
+                        max_rows: int | None = None, seed: int = 0, device: str = "auto",
+                        show_progress: bool = False) -> BackTranslationSummary:
+    """Write `out`: one `<ID>_bt` row per new paraphrase, for train.py --augmented-train-file.
 
     Every check on flags and the input runs before a model is loaded; the file is written under a
     temporary name and renamed, so a failed or interrupted run never leaves a partial CSV at `out`.
@@ -166,10 +164,6 @@ def back_translate_file(train: Path, out: Path, columns: Columns, forward: str, 
     if max_rows is not None and max_rows < len(table):
         table = table.subset(np.sort(np.random.default_rng(seed).choice(len(table), max_rows, replace=False)))
     new_ids = np.char.add(table.ids, ID_SUFFIX)
-    clashes = new_ids[np.isin(new_ids, table.ids)]
-    if keep_original and len(clashes):
-        raise UserError(f"{train}: ids ending in {ID_SUFFIX!r} already exist, e.g. {str(clashes[0])!r}; "
-                        f"is the input back-translated already?")
     torch_device = resolve_device(device)
     forward_model = load_translator(forward, "--forward", forward_prefix, torch_device)
     backward_model = (load_translator(backward, "--backward", backward_prefix, torch_device)
@@ -186,9 +180,6 @@ def back_translate_file(train: Path, out: Path, columns: Columns, forward: str, 
 
     augmented = pd.DataFrame({columns.id: new_ids[kept], columns.text: [paraphrases[i] for i in kept],
                               columns.label: table.labels[kept]})
-    if keep_original:
-        original = pd.DataFrame({columns.id: table.ids, columns.text: table.texts, columns.label: table.labels})
-        augmented = pd.concat([original, augmented], ignore_index=True)
     if not kept:
         log.warning("no paraphrase differs from its review; %s holds no back-translated rows", out)
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,11 @@ from typing import Iterable, Sequence
 from lib.core.errors import UserError
 
 FORMAT_VERSION = 1
+NORMALIZATIONS = ("NFC", "NFKC", "none")
+# train.py's and pretrain.py's defaults: a model is pretrained on texts normalised as fine-tuning shows them.
+DEFAULT_NORMALIZATION = "NFC"
+DEFAULT_MAX_CHAR_REPEAT = 3
+DEFAULT_SPECIAL_PATTERNS = ("url", "email", "redacted")
 
 # Recurring patterns replaced by one special token each. `redacted` is the NSMC convention of
 # writing names as OO / OOO (capital letters O or the circle ○), never inside a Latin word.
@@ -37,8 +42,8 @@ class TextPreprocessor:
     Build it with the options, `fit` it on training texts, then `transform` any split.
     """
 
-    unicode_normalization: str = "NFC"
-    max_char_repeat: int = 3
+    unicode_normalization: str = DEFAULT_NORMALIZATION
+    max_char_repeat: int = DEFAULT_MAX_CHAR_REPEAT
     special_patterns: tuple[str, ...] = ()
     special_pattern_min_count: int = 3
     num_rare_words_to_remove: int = 0

@@ -3,8 +3,9 @@
 `vote` scores the members and the ensemble side by side on their shared validation rows, fits what
 was asked for (weights, stacking, temperature) on those rows, predicts a test file and saves the
 result as an ensemble folder. `predict_with_ensemble` replays a saved folder on a new file, so
-`predict.py runs/ens-NAME` works like it does for a run. The order of operations follows
-research/training.md section 5.4: pool (or stack), then temperature, then prior correction.
+`predict.py runs/ens-NAME` works like it does for a run. The order of operations (pool or stack,
+then temperature, then prior correction) follows the shared research notes on the HF Trainer
+(shared/research/training.md, section 5.4).
 
 An ensemble folder:
 

@@ -1,8 +1,10 @@
 """The one typed training configuration: every default in one place, filled from a file, then flags.
 
 `TrainConfig` is built once (experiment file, then command-line flags), validated, saved into the
-run folder as `config.json` and never changed afterwards. Values that depend on the data or the
-model (total steps, warmup steps, the resolved learning rate, max length) live in `lib.plan`.
+run folder as `config.json` and never changed afterwards. Each field's own checks (choices, range)
+live in its metadata and apply to every source (lib.core.options); rules between fields live in
+`__post_init__`. Values that depend on the data or the model (total steps, warmup steps, the
+resolved learning rate, max length) live in `lib.finetune.plan`.
 """
 
 from __future__ import annotations
@@ -15,39 +17,29 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lib.core.cli import CliParser
+from lib.core.device import DEVICE_FORMS, PRECISIONS, parse_device
 from lib.core.errors import UserError
-from lib.core.options import add_options, coerce, csv_strings, option, optional, parse_bool, to_dict
+from lib.core.options import add_options, check_fields, coerce, option, read_config_file, to_dict
 from lib.data.augment import parse_augment_spec
-from lib.data.preprocess import SPECIAL_PATTERNS
+from lib.data.preprocess import (DEFAULT_MAX_CHAR_REPEAT, DEFAULT_NORMALIZATION, DEFAULT_SPECIAL_PATTERNS,
+                                 NORMALIZATIONS, SPECIAL_PATTERNS)
+from lib.loop.schedule import SCHEDULERS
+from lib.model.backbone import SCRATCH_VOCAB_SIZE, learning_rate_defaults
 
 NSMC4_LABEL_NAMES = ("강한 부정", "약한 부정", "약한 긍정", "강한 긍정")
-SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSSES = ("auto", "ce", "focal")
 SELECTION_METRICS = ("loss", "accuracy", "macro_f1")
 KEEP_CHOICES = ("auto", "best", "swa")
+HELP_HINT = "python train.py --help"
 
 
-def _alpha(text: str) -> str | tuple[float, ...] | None:
-    """`--alpha` accepts `none`, `auto` or comma-separated per-class weights."""
-    lowered = text.strip().lower()
-    if lowered in ("", "none"):
-        return None
-    if lowered == "auto":
-        return "auto"
-    try:
-        return tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise UserError(f"--alpha: expected 'auto', 'none' or comma-separated numbers, got {text!r}") from None
+def _alpha(text: str) -> str | tuple[float, ...]:
+    """`--alpha`: 'auto' or comma-separated per-class weights ('none' comes from the annotation)."""
+    return "auto" if text.strip().lower() == "auto" else tuple(float(part) for part in text.split(","))
 
 
 def _max_length(text: str) -> str | int:
-    if str(text).strip().lower() == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise UserError(f"--max-length: expected 'auto' or a whole number, got {text!r}") from None
+    return "auto" if str(text).strip().lower() == "auto" else int(text)
 
 
 @dataclass(frozen=True)
@@ -58,114 +50,113 @@ class TrainConfig:
     train_file: str = field(default="data/train.csv", metadata=option(
         "CSV with the training rows (ID, text, label columns)", "data"))
     val_file: str | None = field(default=None, metadata=option(
-        "CSV with validation rows; default: a stratified split of --train-file", "data", parse=optional(str)))
+        "CSV with validation rows; default: a stratified split of --train-file", "data"))
     augmented_train_file: str | None = field(default=None, metadata=option(
         "CSV of rows derived from training rows (ids '<source id>_<suffix>', as backtranslate.py writes); "
         "only those whose source row is in the training split are added to it, so nothing made from a "
-        "validation row leaks", "data", parse=optional(str)))
+        "validation row leaks", "data"))
     unlabeled_file: str | None = field(default=None, metadata=option(
         "CSV of unlabelled rows (ID, text) trained on with a teacher's class probabilities as soft targets "
-        "(distillation / self-training); needs --teacher-logits", "data", parse=optional(str)))
+        "(distillation / self-training); needs --teacher-logits", "data"))
     teacher_logits: str | None = field(default=None, metadata=option(
         "the teacher's scores of the --unlabeled-file rows: the .npz of `predict.py <run or ensemble> "
-        "--test <that file> --logits-out <this file>`", "data", parse=optional(str)))
+        "--test <that file> --logits-out <this file>`", "data"))
     distill_temperature: float = field(default=1.0, metadata=option(
-        "soft targets are softmax(teacher score / T); T > 1 flattens them", "data"))
+        "soft targets are softmax(teacher score / T); T > 1 flattens them", "data", above=0))
     test_file: str | None = field(default=None, metadata=option(
-        "CSV to predict after training; writes submission.csv into the run folder", "data",
-        parse=optional(str)))
+        "CSV to predict after training; writes submission.csv into the run folder", "data"))
     id_column: str = field(default="ID", metadata=option("name of the row-id column", "data"))
     text_column: str = field(default="review", metadata=option("name of the text column", "data"))
     label_column: str = field(default="label", metadata=option("name of the integer label column", "data"))
     val_size: float = field(default=0.1, metadata=option(
-        "fraction of --train-file held out for validation (stratified)", "data"))
+        "fraction of --train-file held out for validation (stratified)", "data", above=0, below=1))
     split_seed: int = field(default=42, metadata=option(
         "seed of the validation split, folds and --max-train-samples; apart from --seed, so runs that differ "
         "only in --seed are scored on the same rows (ensembles of seeds)", "data"))
     num_folds: int | None = field(default=None, metadata=option(
         "cross-validation: split --train-file into this many stratified folds (instead of --val-size)", "data",
-        parse=optional(int)))
+        at_least=2))
     fold: int = field(default=0, metadata=option(
-        "with --num-folds: which fold (0-based) is the validation split", "data"))
+        "with --num-folds: which fold (0-based) is the validation split", "data", at_least=0))
     max_train_samples: int | None = field(default=None, metadata=option(
-        "use only this many training rows (stratified), for quick runs", "data", parse=optional(int)))
+        "use only this many training rows (stratified), for quick runs", "data", at_least=1))
     num_labels: int | None = field(default=None, metadata=option(
-        "number of classes K; default: inferred as max(label)+1", "data", parse=optional(int)))
+        "number of classes K; default: inferred as max(label)+1", "data", at_least=2))
     label_names: tuple[str, ...] = field(default=NSMC4_LABEL_NAMES, metadata=option(
-        "comma-separated class names for reports, one per label 0..K-1", "data", parse=csv_strings))
+        "comma-separated class names for reports, one per label 0..K-1", "data"))
 
     # preprocessing
-    unicode_normalization: str = field(default="NFC", metadata=option(
-        "Unicode normal form applied to every text", "preprocessing", choices=("NFC", "NFKC", "none")))
-    max_char_repeat: int = field(default=3, metadata=option(
-        "squash runs of one character longer than this (ㅋㅋㅋㅋㅋ, !!!!!); 0 = off", "preprocessing"))
-    special_patterns: tuple[str, ...] = field(default=("url", "email", "redacted"), metadata=option(
+    unicode_normalization: str = field(default=DEFAULT_NORMALIZATION, metadata=option(
+        "Unicode normal form applied to every text", "preprocessing", choices=NORMALIZATIONS))
+    max_char_repeat: int = field(default=DEFAULT_MAX_CHAR_REPEAT, metadata=option(
+        "squash runs of one character longer than this (ㅋㅋㅋㅋㅋ, !!!!!); 0 = off", "preprocessing", at_least=0))
+    special_patterns: tuple[str, ...] = field(default=DEFAULT_SPECIAL_PATTERNS, metadata=option(
         "comma-separated patterns replaced by special tokens (url, email, redacted); empty = none",
-        "preprocessing", parse=csv_strings))
+        "preprocessing", choices=tuple(SPECIAL_PATTERNS)))
     special_pattern_min_count: int = field(default=3, metadata=option(
         "a pattern becomes a special token only if it occurs this often in the training split",
-        "preprocessing"))
+        "preprocessing", at_least=0))
     num_rare_words_to_remove: int = field(default=0, metadata=option(
-        "drop words seen at most N times in the training split (0 = off)", "preprocessing"))
+        "drop words seen at most N times in the training split (0 = off)", "preprocessing", at_least=0))
     max_length: str | int = field(default="auto", metadata=option(
         "token limit per text; auto = the --max-length-percentile of training lengths", "preprocessing",
-        parse=_max_length))
+        parse=_max_length, at_least=2, expects="'auto' or a whole number >= 2"))
     max_length_percentile: float = field(default=99.0, metadata=option(
-        "percentile of training token lengths used by --max-length auto", "preprocessing"))
+        "percentile of training token lengths used by --max-length auto", "preprocessing", above=0, at_most=100))
 
     # model
     model: str = field(default="scratch:tiny", metadata=option(
         "hub id, local folder, or scratch:tiny|mini|small|medium (a BERT built here, offline)", "model"))
     dropout_rate: float | None = field(default=None, metadata=option(
-        "hidden and attention dropout; default: the model's own", "model",
-        parse=optional(float)))
-    scratch_vocab_size: int = field(default=12000, metadata=option(
-        "WordPiece vocabulary size for scratch: models, trained on the training split", "model"))
+        "hidden and attention dropout; default: the model's own", "model", at_least=0, below=1))
+    scratch_vocab_size: int = field(default=SCRATCH_VOCAB_SIZE, metadata=option(
+        "WordPiece vocabulary size for scratch: models, trained on the training split", "model", at_least=1))
 
     # optimisation
     learning_rate: float | None = field(default=None, metadata=option(
-        "peak learning rate", "optimisation",
-        shown="5e-5 for pretrained models; a scratch: preset's own: tiny 1e-3, mini 3e-4, small 2e-4, medium 1e-4",
-        aliases=("--lr",), parse=optional(float)))
+        "peak learning rate", "optimisation", shown=learning_rate_defaults(), aliases=("--lr",), above=0))
     num_train_epochs: float = field(default=3.0, metadata=option(
-        "number of epochs (a fraction trains part of the last one)", "optimisation", aliases=("--epochs",)))
+        "number of epochs (a fraction trains part of the last one)", "optimisation", aliases=("--epochs",),
+        above=0))
     per_device_train_batch_size: int = field(default=32, metadata=option(
-        "training micro-batch size", "optimisation", aliases=("--batch-size",)))
+        "training micro-batch size", "optimisation", aliases=("--batch-size",), at_least=1))
     per_device_eval_batch_size: int = field(default=256, metadata=option(
-        "evaluation and prediction batch size", "optimisation"))
+        "evaluation and prediction batch size", "optimisation", at_least=1))
     max_tokens_per_batch: int | None = field(default=None, metadata=option(
         "also cap each training micro-batch at this many padded tokens (rows x width), so short texts "
-        "travel in larger batches", "optimisation", parse=optional(int)))
+        "travel in larger batches", "optimisation", at_least=8))
     gradient_accumulation_steps: int = field(default=1, metadata=option(
         "micro-batches per optimizer step (the last partial group is averaged over its real size)",
-        "optimisation"))
+        "optimisation", at_least=1))
     weight_decay: float = field(default=0.0, metadata=option(
-        "AdamW weight decay; never applied to biases and LayerNorm weights (1-D tensors)", "optimisation"))
-    adam_beta1: float = field(default=0.9, metadata=option("AdamW beta1", "optimisation"))
-    adam_beta2: float = field(default=0.999, metadata=option("AdamW beta2", "optimisation"))
-    adam_epsilon: float = field(default=1e-8, metadata=option("AdamW epsilon", "optimisation"))
+        "AdamW weight decay; never applied to biases and LayerNorm weights (1-D tensors)", "optimisation",
+        at_least=0))
+    adam_beta1: float = field(default=0.9, metadata=option("AdamW beta1", "optimisation", at_least=0, below=1))
+    adam_beta2: float = field(default=0.999, metadata=option("AdamW beta2", "optimisation", at_least=0, below=1))
+    adam_epsilon: float = field(default=1e-8, metadata=option("AdamW epsilon", "optimisation", at_least=0))
     max_grad_norm: float = field(default=1.0, metadata=option(
-        "clip the global gradient norm to this; 0 = no clipping (the norm is still logged)", "optimisation"))
+        "clip the global gradient norm to this; 0 = no clipping (the norm is still logged)", "optimisation",
+        at_least=0))
     lr_scheduler_type: str = field(default="linear", metadata=option(
         "learning-rate schedule (constant ignores warmup, as in transformers)", "optimisation",
         choices=SCHEDULERS))
     warmup_steps: int = field(default=0, metadata=option(
-        "optimizer steps of linear warmup from 0", "optimisation"))
+        "optimizer steps of linear warmup from 0", "optimisation", at_least=0))
     warmup_ratio: float | None = field(default=None, metadata=option(
         "warmup as a fraction of all optimizer steps (rounded up); used when --warmup-steps is 0",
-        "optimisation", parse=optional(float), shown="0.06 for scratch: models, 0 for pretrained ones"))
+        "optimisation", shown="0.06 for scratch: models, 0 for pretrained ones", at_least=0, below=1))
 
     # loss
     loss: str = field(default="auto", metadata=option(
         "ce or focal; auto = focal when --gamma > 0 or --alpha is set, else cross entropy", "loss",
         choices=LOSSES))
     focal_loss_gamma: float = field(default=0.0, metadata=option(
-        "focal loss gamma (0 with no alpha is exactly cross entropy)", "loss", aliases=("--gamma",)))
+        "focal loss gamma (0 with no alpha is exactly cross entropy)", "loss", aliases=("--gamma",), at_least=0))
     focal_loss_alpha: str | tuple[float, ...] | None = field(default=None, metadata=option(
         "per-class focal weights: comma-separated, 'auto' (inverse training frequency) or 'none'", "loss",
-        aliases=("--alpha",), parse=_alpha))
+        aliases=("--alpha",), parse=_alpha, at_least=0, expects="'auto', 'none' or comma-separated weights >= 0"))
     label_smoothing_factor: float = field(default=0.0, metadata=option(
-        "label smoothing epsilon, combined with focal loss when both are set", "loss"))
+        "label smoothing epsilon, combined with focal loss when both are set", "loss", at_least=0, below=1))
 
     augment: str = field(default="none", metadata=option(
         "on-the-fly noise for training texts, per-unit probabilities, e.g. "
@@ -174,34 +165,34 @@ class TrainConfig:
 
     # evaluation, selection, stopping
     eval_steps: int | None = field(default=None, metadata=option(
-        "evaluate every N optimizer steps as well as at each epoch end", "evaluation", parse=optional(int)))
+        "evaluate every N optimizer steps as well as at each epoch end", "evaluation", at_least=1))
     metric_for_best_model: str = field(default="loss", metadata=option(
         "validation metric that picks best/: loss, accuracy or macro_f1 (eval_ prefix accepted)",
-        "evaluation"))
+        "evaluation", choices=SELECTION_METRICS + tuple("eval_" + name for name in SELECTION_METRICS)))
     early_stopping_patience: int | None = field(default=None, metadata=option(
         "stop after this many evaluations without a val-loss improvement; default: off", "evaluation",
-        parse=optional(int)))
+        at_least=1))
     early_stopping_threshold: float = field(default=0.0, metadata=option(
-        "a val-loss improvement must exceed this (absolute) to reset patience", "evaluation"))
+        "a val-loss improvement must exceed this (absolute) to reset patience", "evaluation", at_least=0))
     max_loss_increase: float | None = field(default=None, metadata=option(
         "select only among checkpoints whose val loss is within this fraction of the lowest seen "
         "(with --metric-for-best-model accuracy: the best accuracy that has not over-fitted)", "evaluation",
-        parse=optional(float)))
+        at_least=0))
     logging_steps: int = field(default=50, metadata=option(
-        "log train/loss, lr and grad norm every N optimizer steps", "evaluation"))
+        "log train/loss, lr and grad norm every N optimizer steps", "evaluation", at_least=1))
 
     # weight averaging
     swa_last_k: int = field(default=0, metadata=option(
-        "after training, average the weights of the last K epoch ends into swa/ (0 = off)", "averaging"))
+        "after training, average the weights of the last K epoch ends into swa/ (0 = off)", "averaging",
+        at_least=0))
     swa_start: float | None = field(default=None, metadata=option(
         "average during training from this epoch on (1-based epoch, or a fraction of the epochs)", "averaging",
-        parse=optional(float)))
+        above=0, expects="a 1-based epoch or a fraction in (0, 1)"))
     swa_lr: float | None = field(default=None, metadata=option(
         "with --swa-start: anneal the learning rate to this value from the start of averaging (SWALR)",
-        "averaging", parse=optional(float)))
+        "averaging", above=0))
     swa_anneal_steps: int | None = field(default=None, metadata=option(
-        "with --swa-lr: optimizer steps of cosine annealing to it; default one epoch", "averaging",
-        parse=optional(int)))
+        "with --swa-lr: optimizer steps of cosine annealing to it; default one epoch", "averaging", at_least=0))
     keep: str = field(default="auto", metadata=option(
         "model predict.py uses: best, swa, or auto = the better of both by --metric-for-best-model",
         "averaging", choices=KEEP_CHOICES))
@@ -210,107 +201,47 @@ class TrainConfig:
     seed: int = field(default=42, metadata=option("seed for the model init, dropout and batch order", "run"))
     precision: str = field(default="auto", metadata=option(
         "auto = fp16 + GradScaler on CUDA (bf16 where supported), fp32 on CPU", "run", choices=PRECISIONS))
-    device: str = field(default="auto", metadata=option("auto, cpu or cuda[:N]", "run"))
+    device: str = field(default="auto", metadata=option(DEVICE_FORMS, "run", parse=parse_device,
+                                                        expects=DEVICE_FORMS))
     ddp_backend: str = field(default="auto", metadata=option(
         "process-group backend under torchrun: auto = nccl on CUDA, gloo on CPU", "run",
         choices=("auto", "gloo", "nccl")))
     compile: bool = field(default=False, metadata=option(
-        "torch.compile the model for training (dynamic shapes); measured slower on 2 CPU cores, see README",
-        "run", parse=parse_bool))
+        "torch.compile the model for training (dynamic shapes); measured slower on 2 CPU cores, see docs/results.md",
+        "run"))
     group_by_length: bool = field(default=True, metadata=option(
-        "length-grouped training batches (dynamic padding is always on)", "run", parse=parse_bool))
+        "length-grouped training batches (dynamic padding is always on)", "run"))
     output_dir: str = field(default="runs", metadata=option("folder that holds run folders", "run"))
     cache_dir: str | None = field(default="cache", metadata=option(
-        "folder caching tokenised splits and scratch tokenizers across runs (--no-cache: off)", "run",
-        parse=optional(str)))
+        "folder caching tokenised splits and scratch tokenizers across runs (--no-cache: off)", "run"))
     run_name: str | None = field(default=None, metadata=option(
-        "run folder name; default: <date>-<time>-<model>", "run", parse=optional(str)))
+        "run folder name; default: <date>-<time>-<model>", "run"))
 
     def __post_init__(self) -> None:
-        self._validate()
+        check_fields(self)
+        self._check_combinations()
 
-    def _validate(self) -> None:
-        def bad(flag: str, expected: str) -> None:
-            value = getattr(self, flag.replace("-", "_"))
-            raise UserError(f"--{flag}: expected {expected}, got {value!r}")
-
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            bad("learning-rate", "a positive number")
-        if not self.num_train_epochs > 0:
-            bad("num-train-epochs", "a positive number")
-        for flag in ("per-device-train-batch-size", "per-device-eval-batch-size", "gradient-accumulation-steps",
-                     "logging-steps", "scratch-vocab-size"):
-            if getattr(self, flag.replace("-", "_")) < 1:
-                bad(flag, "a whole number >= 1")
-        for flag in ("weight-decay", "max-grad-norm", "warmup-steps", "focal-loss-gamma",
-                     "early-stopping-threshold", "num-rare-words-to-remove", "max-char-repeat",
-                     "special-pattern-min-count"):
-            if not getattr(self, flag.replace("-", "_")) >= 0:
-                bad(flag, "a number >= 0")
-        if not 0 < self.val_size < 1:
-            bad("val-size", "a fraction between 0 and 1")
+    def _check_combinations(self) -> None:
+        """Rules between fields; each field's own choices and range are checked from its metadata."""
         if self.num_folds is not None:
-            if self.num_folds < 2:
-                bad("num-folds", "a whole number >= 2")
-            if not 0 <= self.fold < self.num_folds:
-                bad("fold", f"a fold index in 0..{self.num_folds - 1}")
+            if self.fold >= self.num_folds:
+                raise UserError(f"--fold: expected a fold index in 0..{self.num_folds - 1}, got {self.fold!r}")
             if self.val_file:
                 raise UserError("--num-folds and --val-file: give one of them, not both")
-        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
-            bad("warmup-ratio", "a fraction in [0, 1)")
         if self.warmup_steps and self.warmup_ratio:
             raise UserError("--warmup-steps and --warmup-ratio: give one of them, not both")
-        if not 0 <= self.label_smoothing_factor < 1:
-            bad("label-smoothing-factor", "a number in [0, 1)")
-        if self.dropout_rate is not None and not 0 <= self.dropout_rate < 1:
-            bad("dropout-rate", "a number in [0, 1)")
-        if not 0 < self.max_length_percentile <= 100:
-            bad("max-length-percentile", "a percentile in (0, 100]")
-        if self.max_length != "auto" and (not isinstance(self.max_length, int) or self.max_length < 2):
-            bad("max-length", "'auto' or a whole number >= 2")
-        for flag in ("max-train-samples", "num-labels", "eval-steps"):
-            value = getattr(self, flag.replace("-", "_"))
-            if value is not None and value < 1:
-                bad(flag, "a whole number >= 1")
-        if self.num_labels is not None and self.num_labels < 2:
-            bad("num-labels", "at least 2 classes")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            bad("early-stopping-patience", "a whole number >= 1")
-        if self.selection_metric not in SELECTION_METRICS:
-            bad("metric-for-best-model", "one of " + ", ".join(SELECTION_METRICS))
         if self.loss == "ce" and (self.focal_loss_gamma > 0 or self.focal_loss_alpha is not None):
             raise UserError("--loss ce: --gamma and --alpha only apply to focal loss (use --loss focal)")
-        alpha = self.focal_loss_alpha
-        if isinstance(alpha, tuple) and (not alpha or any(not a >= 0 for a in alpha)):
-            bad("alpha", "non-negative per-class weights")
-        unknown = set(self.special_patterns) - set(SPECIAL_PATTERNS)
-        if unknown:
-            bad("special-patterns", "names among " + ", ".join(SPECIAL_PATTERNS))
-        if self.swa_last_k < 0:
-            bad("swa-last-k", "a whole number >= 0")
-        if self.swa_start is not None:
-            if self.swa_last_k:
-                raise UserError("--swa-start and --swa-last-k: average during training or after it, not both")
-            if not self.swa_start > 0:
-                bad("swa-start", "a 1-based epoch or a fraction in (0, 1)")
-        if self.swa_lr is not None and (self.swa_start is None or not self.swa_lr > 0):
-            raise UserError("--swa-lr: needs --swa-start and a positive learning rate")
-        if self.swa_anneal_steps is not None and self.swa_anneal_steps < 0:
-            bad("swa-anneal-steps", "a whole number >= 0")
+        if self.swa_start is not None and self.swa_last_k:
+            raise UserError("--swa-start and --swa-last-k: average during training or after it, not both")
+        if self.swa_lr is not None and self.swa_start is None:
+            raise UserError("--swa-lr: needs --swa-start")
         if self.keep == "swa" and not self.averages_weights:
             raise UserError("--keep swa: needs --swa-last-k or --swa-start")
-        if self.max_loss_increase is not None and not self.max_loss_increase >= 0:
-            bad("max-loss-increase", "a fraction >= 0")
-        if self.max_tokens_per_batch is not None and self.max_tokens_per_batch < 8:
-            bad("max-tokens-per-batch", "a whole number >= 8")
         parse_augment_spec(self.augment)
         if bool(self.unlabeled_file) != bool(self.teacher_logits):
             raise UserError("--unlabeled-file and --teacher-logits: give both (texts and their teacher's scores) "
                             "or neither")
-        if not self.distill_temperature > 0:
-            bad("distill-temperature", "a positive number")
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
-            bad("device", "auto, cpu or cuda[:N]")
 
     @property
     def selection_metric(self) -> str:
@@ -336,7 +267,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
-        return cls(**coerce(cls, values, source, "python train.py --help"))
+        return cls(**coerce(cls, values, source, HELP_HINT))
 
     @classmethod
     def load(cls, path: Path) -> "TrainConfig":
@@ -346,25 +277,6 @@ class TrainConfig:
 def option_names() -> set[str]:
     """Field names a config file, a sweep parameter or a flag may set."""
     return {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def read_config_file(path: Path) -> dict[str, Any]:
-    """Read an experiment file (JSON, or YAML when PyYAML is installed) into a flat dict."""
-    if not path.is_file():
-        raise UserError(f"--config: file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except (ValueError, ImportError) as error:
-        raise UserError(f"--config {path}: not valid {path.suffix.lstrip('.').upper()}: {error}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"--config {path}: expected a mapping of option names to values")
-    return data
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -406,8 +318,6 @@ def parse_train_args(argv: Sequence[str]) -> TrainInvocation:
             raise UserError("--resume: takes its options from the run folder; give no other options "
                             f"(got {', '.join('--' + k.replace('_', '-') for k in options) or '--config'})")
         return TrainInvocation(None, args.resume, args.overwrite, args.quiet)
-    values = coerce(TrainConfig, read_config_file(args.config), str(args.config), "python train.py --help") \
-        if args.config else {}
+    values = coerce(TrainConfig, read_config_file(args.config), str(args.config), HELP_HINT) if args.config else {}
     values.update(options)
     return TrainInvocation(TrainConfig(**values), None, args.overwrite, args.quiet)
-

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from lib.core.errors import UserError
 from lib.finetune.config import TrainConfig
-from lib.model.backbone import ScratchPreset
+from lib.model.backbone import ScratchPreset, learning_rate_for
 
-PRETRAINED_LEARNING_RATE = 5e-5  # the HF Trainer's default
 # Random weights at a scratch preset's learning rate need warmup; pretrained models keep the HF default of 0.
 SCRATCH_WARMUP_RATIO = 0.06
 
@@ -54,9 +53,8 @@ class TrainingPlan:
 
 
 def default_learning_rate(cfg: TrainConfig, preset: ScratchPreset | None) -> float:
-    if cfg.learning_rate is not None:
-        return cfg.learning_rate
-    return preset.learning_rate if preset else PRETRAINED_LEARNING_RATE
+    """The run's peak learning rate: the user's, else the default of its starting weights."""
+    return cfg.learning_rate if cfg.learning_rate is not None else learning_rate_for(preset)
 
 
 def step_counts(cfg: TrainConfig, train_rows: int, world_size: int = 1,

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")  # the kinds lr_multiplier knows
+
 
 def lr_multiplier(kind: str, step: int, warmup_steps: int, total_steps: int) -> float:
     """Multiplier for the learning rate used by optimizer step `step` (0-based)."""

@@ -9,21 +9,20 @@ scratch run and a `klue/bert-base` run differ only in where the folder came from
 from __future__ import annotations
 
 import logging
-import os
-import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
-from urllib.parse import urlparse
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
-                          BertForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase,
-                          PreTrainedTokenizerFast)
+from transformers import (AutoConfig, AutoTokenizer, BertConfig, BertForSequenceClassification, PreTrainedModel,
+                          PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 
 from lib.core.cache import DiskCache, texts_digest, tokenizer_digest
 from lib.core.errors import UserError
+from lib.core.hub import first_line, hub_endpoint, loadable
+from lib.model.heads import ClassifierHead, ModelOwnHead
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +50,11 @@ SCRATCH_PRESETS = {
     "small": ScratchPreset(layers=4, hidden=512, heads=8, learning_rate=2e-4),
     "medium": ScratchPreset(layers=8, hidden=512, heads=8, learning_rate=1e-4),
 }
+# Peak learning rates when none is given. Weights that exist (a hub or local model) get the HF
+# Trainer's default; random weights get a preset's own for fine-tuning, and one rate for MLM pretraining.
+PRETRAINED_LEARNING_RATE = 5e-5
+SCRATCH_MLM_LEARNING_RATE = 5e-4
+SCRATCH_VOCAB_SIZE = 12000  # WordPiece vocabulary of a scratch preset, for fine-tuning and pretraining
 BASE_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # Config keys that hold dropout probabilities in the common encoder families.
 _DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
@@ -64,6 +68,28 @@ def scratch_preset(model: str) -> ScratchPreset | None:
         raise UserError(f"--model {model}: unknown preset; expected one of "
                         + ", ".join(SCRATCH_PREFIX + p for p in SCRATCH_PRESETS))
     return SCRATCH_PRESETS[name]
+
+
+def learning_rate_for(preset: ScratchPreset | None, *, mlm: bool = False) -> float:
+    """The default peak learning rate of weights that start from `preset` (None: a pretrained model),
+    for fine-tuning or for masked-language-model pretraining (`mlm`)."""
+    if preset is None:
+        return PRETRAINED_LEARNING_RATE
+    return SCRATCH_MLM_LEARNING_RATE if mlm else preset.learning_rate
+
+
+def learning_rate_defaults(mlm: bool = False) -> str:
+    """The defaults of `learning_rate_for` in words, for --help."""
+    if mlm:
+        return f"{_short(SCRATCH_MLM_LEARNING_RATE)} with --preset, {_short(PRETRAINED_LEARNING_RATE)} with --init"
+    presets = ", ".join(f"{name} {_short(preset.learning_rate)}" for name, preset in SCRATCH_PRESETS.items())
+    return f"{_short(PRETRAINED_LEARNING_RATE)} for pretrained models; a scratch: preset's own: {presets}"
+
+
+def _short(rate: float) -> str:
+    """1e-3, 2.5e-4: a learning rate as people write it."""
+    mantissa, exponent = f"{rate:.1e}".split("e")
+    return f"{mantissa.removesuffix('.0')}e{int(exponent)}"
 
 
 def train_wordpiece(texts: Sequence[str], vocab_size: int, extra_special_tokens: Sequence[str],
@@ -102,13 +128,35 @@ def _wordpiece_pipeline(model: models.WordPiece) -> Tokenizer:
     return tokenizer
 
 
+def scratch_config(preset: ScratchPreset, tokenizer: PreTrainedTokenizerBase, **extra) -> BertConfig:
+    """The BERT config of `preset` for `tokenizer`: one shape for scratch classifiers and MLM models."""
+    return BertConfig(
+        vocab_size=len(tokenizer), hidden_size=preset.hidden, num_hidden_layers=preset.layers,
+        num_attention_heads=preset.heads, intermediate_size=preset.intermediate,
+        max_position_embeddings=tokenizer.model_max_length, pad_token_id=tokenizer.pad_token_id, **extra)
+
+
+def cached_wordpiece(cache: DiskCache, kind: str, texts: Sequence[str], vocab_size: int,
+                     special_tokens: Sequence[str]) -> PreTrainedTokenizerBase:
+    """A WordPiece tokenizer trained on `texts`, or the cached one trained on the same texts before.
+
+    The cache also keeps processes alike: the trainer breaks ties between equally frequent merges
+    differently in each process, so a tokenizer is trained once and loaded everywhere else.
+    """
+    def build(folder: Path) -> None:
+        started = time.perf_counter()
+        train_wordpiece(texts, vocab_size, special_tokens).save_pretrained(folder)
+        log.info("trained a %d-token WordPiece vocabulary on %d texts in %.1f s", vocab_size, len(texts),
+                 time.perf_counter() - started)
+
+    description = {"texts": texts_digest(texts), "vocab_size": vocab_size, "special_tokens": list(special_tokens)}
+    return cache.load_or_build(kind, description, build, AutoTokenizer.from_pretrained)
+
+
 def build_scratch_folder(preset: ScratchPreset, tokenizer: PreTrainedTokenizerBase, folder: Path, num_labels: int,
                          seed: int) -> None:
     """Save a BERT of `preset`, initialised from `seed`, and its tokenizer, laid out as a hub model is."""
-    config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=preset.hidden, num_hidden_layers=preset.layers,
-        num_attention_heads=preset.heads, intermediate_size=preset.intermediate, num_labels=num_labels,
-        max_position_embeddings=tokenizer.model_max_length, pad_token_id=tokenizer.pad_token_id)
+    config = scratch_config(preset, tokenizer, num_labels=num_labels)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = BertForSequenceClassification(config)
@@ -126,8 +174,8 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
 
 
 def load_classifier(name_or_path: str | Path, num_labels: int, label_names: Sequence[str],
-                    dropout: float | None) -> PreTrainedModel:
-    """Load a sequence classifier with our label maps and optional dropout override."""
+                    dropout: float | None, head: ClassifierHead = ModelOwnHead()) -> PreTrainedModel:
+    """Load a sequence classifier with our label maps, optional dropout override and `head`."""
     check_reachable(str(name_or_path))
     try:
         config = AutoConfig.from_pretrained(name_or_path)
@@ -143,9 +191,7 @@ def load_classifier(name_or_path: str | Path, num_labels: int, label_names: Sequ
         for key in keys:
             setattr(config, key, dropout)
     try:
-        # A checkpoint fine-tuned on another label set has a head of another size: re-initialise it.
-        return AutoModelForSequenceClassification.from_pretrained(name_or_path, config=config,
-                                                                  ignore_mismatched_sizes=True)
+        return head.from_pretrained(name_or_path, config)
     except (OSError, ValueError) as error:
         raise UserError(f"--model {name_or_path}: cannot load its weights ({first_line(error)})") from None
 
@@ -173,14 +219,7 @@ def prepare_backbone(model_name: str, train_texts: Sequence[str], special_tokens
         tokenizer = load_tokenizer(model_name)
         model = load_classifier(model_name, num_labels, label_names, dropout)
     else:
-        def build_tokenizer(folder: Path) -> None:
-            log.info("training a %d-token WordPiece vocabulary on %d texts for %s",
-                     scratch_vocab_size, len(train_texts), model_name)
-            train_wordpiece(train_texts, scratch_vocab_size, special_tokens).save_pretrained(folder)
-
-        wordpiece = cache.load_or_build(
-            "wordpiece", {"texts": texts_digest(train_texts), "vocab_size": scratch_vocab_size,
-                          "special_tokens": list(special_tokens)}, build_tokenizer, AutoTokenizer.from_pretrained)
+        wordpiece = cached_wordpiece(cache, "wordpiece", train_texts, scratch_vocab_size, special_tokens)
         tokenizer, model = cache.load_or_build(
             "scratch-init", {"tokenizer": tokenizer_digest(wordpiece), "preset": model_name,
                              "num_labels": num_labels, "seed": seed},
@@ -192,33 +231,7 @@ def prepare_backbone(model_name: str, train_texts: Sequence[str], special_tokens
 
 def check_reachable(name_or_path: str) -> None:
     """Fail fast, without the hub client's minute of retries, when a hub id cannot be fetched."""
-    if Path(name_or_path).exists() or _in_hub_cache(name_or_path):
-        return
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    if not offline:
-        try:
-            socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
-            return
-        except OSError:
-            pass
-    raise UserError(f"--model {name_or_path}: not a local folder, not in the Hugging Face cache, and "
-                    f"{endpoint.hostname} cannot be reached; pass a local model folder or a scratch preset "
-                    f"({', '.join(SCRATCH_PREFIX + p for p in SCRATCH_PRESETS)})")
-
-
-def _in_hub_cache(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except ValueError:  # not a valid repo id
-        return False
-
-
-def first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    if not loadable(name_or_path):
+        raise UserError(f"--model {name_or_path}: not a local folder, not in the Hugging Face cache, and "
+                        f"{hub_endpoint()} cannot be reached; pass a local model folder or a scratch preset "
+                        f"({', '.join(SCRATCH_PREFIX + p for p in SCRATCH_PRESETS)})")

@@ -17,6 +17,7 @@ its last checkpoint, with the same parameters.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -29,16 +30,15 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, Callable
 
 from lib.core.errors import UserError
+from lib.core.options import convert
 from lib.finetune.config import TrainConfig, option_names
 from lib.finetune.run_folder import INCOMPLETE_SUFFIX, RunFolder
 from lib.finetune.trainer import resume, train_new
 from lib.loop.stop import StopRequest, TrainingInterrupted
-from lib.search import (Journal, Pruner, SweepHeader, SweepSpace, Trial, TrialState, default_worker_id,
+from lib.search import (Journal, Parameter, Pruner, SweepHeader, SweepSpace, Trial, TrialState, default_worker_id,
                         load_sweep_config, make_sampler, parse_sweep_config, pruner_for)
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def create_sweep(config_path: Path, output_dir: Path, name: str | None, seed: in
         log.warning("sweep metric %s: trials vary %s, which change what the validation loss measures; "
                     "comparing trials by eval_nll (plain cross entropy) instead",
                     space.metric.name, ", ".join(loss_shaping_parameters(space)))
-    _check_constants(space)
+    check_space(space, f"sweep config {config_path}")
     if space.method != "grid" and space.run_cap is None and trials is None:
         raise UserError("--trials: give a number of trials (or run_cap in the sweep config) for a "
                         f"{space.method} sweep")
@@ -127,22 +127,46 @@ def open_sweep(path: Path) -> tuple[SweepFolder, Journal, SweepSpace]:
     return folder, journal, space
 
 
-def _check_constants(space: SweepSpace) -> None:
-    """Build one config from the fixed values, so a bad fixed option fails before any trial runs."""
+def check_space(space: SweepSpace, source: str) -> None:
+    """Every value a trial can be given passes train.py's own checks, and the fixed values build one
+    config, so a bad choice, bound or fixed option fails before trial 0 rather than in it."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for parameter in space.parameters:
+        for value in _deciding_values(parameter):
+            convert(fields[parameter.name], value, source)
     constants = {k: v for k, v in space.constants.items() if k not in ("output_dir", "run_name")}
-    TrainConfig.from_dict(constants, source="sweep config")
+    TrainConfig.from_dict(constants, source=source)
 
 
-def run_sweep(path: Path, options: SweepOptions) -> None:
-    """Run workers until the sweep has `options.trials` trials (counted over every call) or the grid ends."""
-    folder, journal, _ = open_sweep(path)
+def _deciding_values(parameter: Parameter) -> tuple[Any, ...]:
+    """Values whose checks stand for all a parameter can take: each choice, or both ends of its range
+    as the journal would hold them (a float for a continuous distribution, so an integer option fails)."""
+    if parameter.is_choice:
+        return parameter.values
+    if parameter.step is not None:
+        return parameter.grid_ends()
+    return parameter.to_python(parameter.low), parameter.to_python(parameter.high)
+
+
+def run_sweep(path: Path, options: SweepOptions,
+              worker_process: Callable[[Path, SweepOptions, int], None] | None = None) -> None:
+    """Run workers until the sweep has `options.trials` trials (counted over every call) or the grid ends.
+
+    With several workers each is a process running `worker_process(path, options, threads)`: the entry
+    script's function, which sets up its process (threads, logging) as library code must not.
+    """
+    folder, journal, space = open_sweep(path)
+    check_space(space, f"sweep {folder.path}")
     _requeue_dead_local_workers(journal)
     if options.workers <= 1:
         run_worker(folder.path, options)
     else:
+        if worker_process is None:
+            raise ValueError("run_sweep: several workers need the entry script's worker_process")
         context = multiprocessing.get_context("spawn")
         threads = max(1, (os.cpu_count() or 1) // options.workers)
-        workers = [context.Process(target=_worker_process, args=(folder.path, options, threads))
+        one = SweepOptions(options.trials, 1, options.stale_after_s, options.n_startup_trials, False)
+        workers = [context.Process(target=worker_process, args=(folder.path, one, threads))
                    for _ in range(options.workers)]
         for worker in workers:
             worker.start()
@@ -154,15 +178,6 @@ def run_sweep(path: Path, options: SweepOptions) -> None:
                 worker.join()
             raise
     write_status(folder)
-
-
-def _worker_process(path: Path, options: SweepOptions, threads: int) -> None:
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        run_worker(path, SweepOptions(options.trials, 1, options.stale_after_s, options.n_startup_trials, False))
-    except KeyboardInterrupt:
-        pass
 
 
 def run_worker(path: Path, options: SweepOptions) -> None:

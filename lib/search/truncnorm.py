@@ -58,11 +58,6 @@ def log_mass(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def logpdf(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Log density of the standard normal truncated to [a, b], at standardised points x."""
-    return -0.5 * x * x - _LOG_SQRT_2PI - log_mass(a, b)
-
-
 def sample(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Inverse-CDF draws from standard normals truncated to [a, b] (one draw per element).
 
