@@ -29,7 +29,7 @@ FAST = ["--model", "scratch:tiny", "--scratch-vocab-size", "200", "--epochs", "1
 BAD_CHOICES = [
     ("lr_scheduler_type", "cosinee", "{constant, constant_with_warmup, linear, cosine}"),
     ("precision", "fp64", "{auto, fp32, bf16, fp16}"),
-    ("keep", "bset", "{auto, best, swa}"),
+    ("keep", "bset", "{auto, best, swa, ema}"),
     ("loss", "focall", "{auto, ce, focal}"),
 ]
 BAD_NUMBERS = [
@@ -162,7 +162,7 @@ def _sweep_file(tmp_path, toy_data, **parameters) -> Path:
 SWEEP_BAD = [
     ({"lr_scheduler_type": {"values": ["linear", "cosinee"]}}, ("--lr-scheduler-type", "'cosinee'", "cosine}")),
     ({"precision": {"value": "fp64"}}, ("--precision", "'fp64'", "{auto, fp32, bf16, fp16}")),
-    ({"keep": {"values": ["bset"]}}, ("--keep", "'bset'", "{auto, best, swa}")),
+    ({"keep": {"values": ["bset"]}}, ("--keep", "'bset'", "{auto, best, swa, ema}")),
     ({"loss": {"value": "focall"}}, ("--loss", "'focall'", "{auto, ce, focal}")),
     ({"warmup_ratio": {"values": [0.1, 1.5]}}, ("--warmup-ratio", "1.5", "[0, 1)")),
     ({"warmup_ratio": {"distribution": "uniform", "min": 0.0, "max": 1.5}}, ("--warmup-ratio", "1.5", "[0, 1)")),

@@ -29,7 +29,11 @@ from lib.model.backbone import SCRATCH_VOCAB_SIZE, learning_rate_defaults
 NSMC4_LABEL_NAMES = ("강한 부정", "약한 부정", "약한 긍정", "강한 긍정")
 LOSSES = ("auto", "ce", "focal")
 SELECTION_METRICS = ("loss", "accuracy", "macro_f1")
-KEEP_CHOICES = ("auto", "best", "swa")
+KEEP_CHOICES = ("auto", "best", "swa", "ema")
+POOLINGS = ("model", "cls", "mean", "max", "attention", "weighted-layers", "concat-last-4")
+ADVERSARIAL = ("none", "fgm", "awp")
+TRUNCATIONS = ("head", "tail", "head+tail")
+CLASSICAL_MODEL = "tfidf"
 HELP_HINT = "python train.py --help"
 
 
@@ -103,6 +107,12 @@ class TrainConfig:
         parse=_max_length, at_least=2, expects="'auto' or a whole number >= 2"))
     max_length_percentile: float = field(default=99.0, metadata=option(
         "percentile of training token lengths used by --max-length auto", "preprocessing", above=0, at_most=100))
+    truncation: str = field(default="head", metadata=option(
+        "which tokens a text longer than --max-length keeps: its head, its tail, or head+tail (Sun et al. 2019: "
+        "the first --head-tokens and the rest from the end)", "preprocessing", choices=TRUNCATIONS))
+    head_tokens: int | None = field(default=None, metadata=option(
+        "--truncation head+tail: tokens kept from the start", "preprocessing",
+        shown="a quarter of the tokens a text may keep", at_least=1))
 
     # model
     model: str = field(default="scratch:tiny", metadata=option(
@@ -111,10 +121,30 @@ class TrainConfig:
         "hidden and attention dropout; default: the model's own", "model", at_least=0, below=1))
     scratch_vocab_size: int = field(default=SCRATCH_VOCAB_SIZE, metadata=option(
         "WordPiece vocabulary size for scratch: models, trained on the training split", "model", at_least=1))
+    pooling: str = field(default="model", metadata=option(
+        "classification head: model = the architecture's own (BERT: the pooler over [CLS]); cls, mean, max, "
+        "attention (learned weights over tokens), weighted-layers (learned mix of every layer's [CLS]) or "
+        "concat-last-4 ([CLS] of the last 4 layers); every head except model ignores padding", "model",
+        choices=POOLINGS))
+    multi_sample_dropout: int = field(default=1, metadata=option(
+        "dropout samples averaged by the head during training (Inoue 2019); 1 = the usual single dropout",
+        "model", at_least=1))
+    reinit_top_layers: int = field(default=0, metadata=option(
+        "re-initialise the top K encoder layers (and the pooler) with the model's own initialiser before "
+        "fine-tuning (Zhang et al. 2021); 0 = off", "model", at_least=0))
+    gradient_checkpointing: bool = field(default=False, metadata=option(
+        "recompute activations in the backward pass (the model's own switch): less memory, more time", "model"))
 
     # optimisation
     learning_rate: float | None = field(default=None, metadata=option(
         "peak learning rate", "optimisation", shown=learning_rate_defaults(), aliases=("--lr",), above=0))
+    layer_lr_decay: float | None = field(default=None, metadata=option(
+        "layer-wise learning-rate decay (Sun et al. 2019): the top encoder layer gets the peak rate, each layer "
+        "below it this times the one above, the embeddings last; off when not given", "optimisation",
+        above=0, at_most=1))
+    head_learning_rate: float | None = field(default=None, metadata=option(
+        "learning rate of the classification head (and pooler); default: the peak learning rate",
+        "optimisation", above=0))
     num_train_epochs: float = field(default=3.0, metadata=option(
         "number of epochs (a fraction trains part of the last one)", "optimisation", aliases=("--epochs",),
         above=0))
@@ -158,6 +188,23 @@ class TrainConfig:
     label_smoothing_factor: float = field(default=0.0, metadata=option(
         "label smoothing epsilon, combined with focal loss when both are set", "loss", at_least=0, below=1))
 
+    rdrop_alpha: float = field(default=0.0, metadata=option(
+        "R-Drop (Liang et al. 2021): two forward passes, plus alpha x their symmetric KL; 0 = off", "loss",
+        at_least=0))
+    adversarial: str = field(default="none", metadata=option(
+        "adversarial training: fgm perturbs the word embeddings, awp the weights; none = off", "loss",
+        choices=ADVERSARIAL))
+    adv_epsilon: float | None = field(default=None, metadata=option(
+        "--adversarial fgm: norm of the embedding perturbation", "loss", shown="1.0", above=0))
+    awp_lr: float | None = field(default=None, metadata=option(
+        "--adversarial awp: step size of the weight perturbation", "loss", shown="1e-4", above=0))
+    awp_eps: float | None = field(default=None, metadata=option(
+        "--adversarial awp: largest perturbation of a weight, relative to its size", "loss", shown="1e-2",
+        above=0))
+    adv_start_epoch: float | None = field(default=None, metadata=option(
+        "adversarial steps from this epoch on (0-based; a fraction starts inside an epoch)", "loss", shown="0",
+        at_least=0))
+
     augment: str = field(default="none", metadata=option(
         "on-the-fly noise for training texts, per-unit probabilities, e.g. "
         "spacing=0.1,repeat=0.05,jamo=0.05,delete=0.05,swap=0.05 (never applied to validation or test)",
@@ -193,8 +240,11 @@ class TrainConfig:
         "averaging", above=0))
     swa_anneal_steps: int | None = field(default=None, metadata=option(
         "with --swa-lr: optimizer steps of cosine annealing to it; default one epoch", "averaging", at_least=0))
+    ema_decay: float | None = field(default=None, metadata=option(
+        "keep an exponential moving average of the weights (decay per optimizer step, warmed up as timm does), "
+        "evaluated beside them and saved as ema/; off when not given", "averaging", above=0, below=1))
     keep: str = field(default="auto", metadata=option(
-        "model predict.py uses: best, swa, or auto = the better of both by --metric-for-best-model",
+        "model predict.py uses: best, swa, ema, or auto = the best of them by --metric-for-best-model",
         "averaging", choices=KEEP_CHOICES))
 
     # run
@@ -238,10 +288,39 @@ class TrainConfig:
             raise UserError("--swa-lr: needs --swa-start")
         if self.keep == "swa" and not self.averages_weights:
             raise UserError("--keep swa: needs --swa-last-k or --swa-start")
+        if self.keep == "ema" and self.ema_decay is None:
+            raise UserError("--keep ema: needs --ema-decay")
+        self._check_adversarial()
+        if self.head_tokens is not None and self.truncation != "head+tail":
+            raise UserError("--head-tokens: only applies with --truncation head+tail")
+        if self.model == CLASSICAL_MODEL:
+            self._check_classical()
         parse_augment_spec(self.augment)
         if bool(self.unlabeled_file) != bool(self.teacher_logits):
             raise UserError("--unlabeled-file and --teacher-logits: give both (texts and their teacher's scores) "
                             "or neither")
+
+    def _check_adversarial(self) -> None:
+        given = {"fgm": ("adv_epsilon",), "awp": ("awp_lr", "awp_eps")}
+        for kind, names in given.items():
+            for name in names:
+                if getattr(self, name) is not None and self.adversarial != kind:
+                    raise UserError(f"--{name.replace('_', '-')}: only applies with --adversarial {kind}")
+        if self.adv_start_epoch is not None and self.adversarial == "none":
+            raise UserError("--adv-start-epoch: only applies with --adversarial fgm or awp")
+
+    def _check_classical(self) -> None:
+        """--model tfidf trains no network: options that only a neural model reads are refused."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        neural = ("pooling", "multi_sample_dropout", "reinit_top_layers", "gradient_checkpointing",
+                  "layer_lr_decay", "head_learning_rate", "rdrop_alpha", "adversarial", "ema_decay", "swa_last_k",
+                  "swa_start", "dropout_rate", "augment", "compile", "unlabeled_file", "max_tokens_per_batch",
+                  "gradient_accumulation_steps", "learning_rate", "focal_loss_gamma", "focal_loss_alpha",
+                  "label_smoothing_factor", "early_stopping_patience", "eval_steps")
+        given = [name for name in neural if getattr(self, name) != defaults[name]]
+        if given:
+            raise UserError(f"--model {CLASSICAL_MODEL}: trains no neural network; "
+                            f"{', '.join('--' + name.replace('_', '-') for name in given)} only apply to neural models")
 
     @property
     def selection_metric(self) -> str:
