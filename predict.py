@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--test", type=Path, default=Path("data/test.csv"), help="CSV with id and text columns")
     parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="where to write ID,pred")
     parser.add_argument("--model", default=None,
-                        help="which model of the run: best, last or swa (default: the one the run kept)")
+                        help="which model of the run: best, last, swa or ema (default: the one the run kept)")
     parser.add_argument("--pred-column", default="pred", help="name of the prediction column")
     parser.add_argument("--logits-out", type=Path, default=None, help="also save ids and fp32 logits (.npz)")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's eval batch size")

@@ -46,20 +46,32 @@ class EncodedTexts:
                             self.pad_to_multiple_of, None if self.targets is None else self.targets[rows])
 
 
-def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], limit: int) -> list[np.ndarray]:
-    """Token ids with special tokens, truncated at `limit` (the model's own maximum).
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], limit: int | None) -> list[np.ndarray]:
+    """Token ids with special tokens, cut by the tokenizer at `limit` (the model's own maximum; None: whole).
 
     Texts are tokenised once at the model's limit; `truncate` then applies any shorter max length
-    in numpy, so choosing `--max-length auto` and changing --max-length never tokenise again.
+    in numpy, so choosing `--max-length auto` and changing --max-length never tokenise again. Tail
+    truncation needs the whole text, so it tokenises with no limit.
     """
-    encoded = tokenizer(list(texts), truncation=True, max_length=limit, return_attention_mask=False,
+    encoded = tokenizer(list(texts), truncation=limit is not None, max_length=limit, return_attention_mask=False,
                         return_token_type_ids=False)["input_ids"]
     return [np.asarray(ids, dtype=np.int32) for ids in encoded]
 
 
+def encode_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, truncation: str = "head",
+               head_tokens: int | None = None) -> list[np.ndarray]:
+    """Token ids of `texts`, each cut to `max_length` the way --truncation says."""
+    if truncation == "head":
+        return tokenize(tokenizer, texts, max_length)
+    return truncate(tokenize(tokenizer, texts, None), max_length, trailing_special_tokens(tokenizer), truncation,
+                    head_tokens, leading_special_tokens(tokenizer))
+
+
 def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int,
-           labels: np.ndarray | None = None, pad_to_multiple_of: int = 8) -> EncodedTexts:
-    return EncodedTexts(tokenize(tokenizer, texts, max_length), labels, tokenizer.pad_token_id, pad_to_multiple_of)
+           labels: np.ndarray | None = None, pad_to_multiple_of: int = 8, truncation: str = "head",
+           head_tokens: int | None = None) -> EncodedTexts:
+    return EncodedTexts(encode_ids(tokenizer, texts, max_length, truncation, head_tokens), labels,
+                        tokenizer.pad_token_id, pad_to_multiple_of)
 
 
 def pad_multiple(device: torch.device, precision: str, compiled: bool) -> int:
@@ -73,18 +85,37 @@ def pad_multiple(device: torch.device, precision: str, compiled: bool) -> int:
     return 1 if device.type == "cpu" and precision == "fp32" and not compiled else 8
 
 
-def trailing_special_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
-    """How many special tokens the tokenizer appends after the text ([SEP] for BERT: 1)."""
+def _special_tokens_around_text(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
     content = tokenizer("a", add_special_tokens=False)["input_ids"]
     full = tokenizer("a")["input_ids"]
     start = next(i for i in range(len(full)) if full[i:i + len(content)] == content)
-    return len(full) - start - len(content)
+    return start, len(full) - start - len(content)
 
 
-def truncate(ids: list[np.ndarray], max_length: int, trailing: int) -> list[np.ndarray]:
-    """Cut to `max_length` tokens as the tokenizer would: drop text tokens, keep the trailing specials."""
-    return [row if len(row) <= max_length else np.concatenate([row[:max_length - trailing], row[len(row) - trailing:]])
-            for row in ids]
+def leading_special_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
+    """How many special tokens the tokenizer puts before the text ([CLS] for BERT: 1)."""
+    return _special_tokens_around_text(tokenizer)[0]
+
+
+def trailing_special_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
+    """How many special tokens the tokenizer appends after the text ([SEP] for BERT: 1)."""
+    return _special_tokens_around_text(tokenizer)[1]
+
+
+def truncate(ids: list[np.ndarray], max_length: int, trailing: int, how: str = "head",
+             head_tokens: int | None = None, leading: int = 1) -> list[np.ndarray]:
+    """Cut each row to `max_length` tokens, keeping its special tokens: `head` keeps the first text
+    tokens (as the tokenizer would), `tail` the last ones, `head+tail` the first `head_tokens` (default
+    a quarter of the text budget) and as many of the last as still fit (Sun et al. 2019)."""
+    budget = max_length - leading - trailing
+    head = {"head": budget, "tail": 0}.get(how, min(budget, head_tokens if head_tokens is not None else budget // 4))
+    tail = budget - head
+
+    def cut(row: np.ndarray) -> np.ndarray:
+        end = len(row) - trailing
+        return np.concatenate([row[:leading + head], row[end - tail:end], row[end:]])
+
+    return [row if len(row) <= max_length else cut(row) for row in ids]
 
 
 def save_ids(path: Path, ids: list[np.ndarray]) -> None:

@@ -42,8 +42,7 @@ class TrainedRun:
     store: CheckpointStore
     val_loss: FocalLoss
     logger: MetricsLogger | None  # None on ranks other than 0
-    running_average: PreTrainedModel | None  # averaged during training (--swa-start)
-    n_averaged: int
+    averages: dict[str, tuple[PreTrainedModel, int]]  # kept during training, by name: (model, updates)
     padding_efficiency: float
     release: Callable[[], None]  # closes the logs and the progress bar before the folder is renamed
 
@@ -65,7 +64,7 @@ def _finish_main(s: Session, trained: TrainedRun, overwrite: bool) -> RunFolder:
                         "(lower --learning-rate?)")
     models = {"best": {"step": chosen["step"], "epoch": chosen["epoch"], **chosen["metrics"]}}
     logits = {"best": trained.store.logits(chosen["step"])}
-    swa_model = _averaged_model(s, trained, models, logits)
+    averaged = {"swa": _averaged_model(s, trained, models, logits), "ema": _ema_model(s, trained, models, logits)}
     kept = _choose_kept(cfg.keep, selector, models)
     kept_logits = logits[kept]
     s.run.save_val_logits(s.splits.val.ids, s.splits.val.labels, kept_logits)
@@ -90,7 +89,8 @@ def _finish_main(s: Session, trained: TrainedRun, overwrite: bool) -> RunFolder:
         "padding_efficiency": round(trained.padding_efficiency, 4),
     }
     if cfg.test_file:
-        model = swa_model if kept == "swa" else load_classifier(s.run.best, plan.num_labels, plan.label_names, None)
+        model = averaged[kept] if kept in averaged else load_classifier(s.run.best, plan.num_labels, plan.label_names,
+                                                                         None)
         ids, test_logits = predict_table(cfg, plan, s.preprocessor, s.tokenizer, model.to(s.device), cfg.test_file,
                                          s.device, s.show_progress)
         write_predictions(s.run.submission, ids, test_logits, cfg.id_column)
@@ -112,13 +112,13 @@ def _averaged_model(s: Session, trained: TrainedRun, models: dict, logits: dict)
         if len(ends) < cfg.swa_last_k:
             log.warning("--swa-last-k %d: only %d epoch end(s) to average", cfg.swa_last_k, len(ends))
         candidates = {k: ends[-k:] for k in range(1, min(cfg.swa_last_k, len(ends)) + 1)}
-    elif trained.running_average is not None:
-        candidates = {trained.n_averaged: None}
+    elif "swa" in trained.averages:
+        candidates = {trained.averages["swa"][1]: None}
     else:
         return None
     averaged = k_logits = None
     for k, steps in candidates.items():
-        averaged = (trained.running_average if steps is None
+        averaged = (trained.averages["swa"][0] if steps is None
                     else swa.average_checkpoints([trained.store.folder(step) for step in steps], load))
         averaged.to(s.device)
         k_logits = gathered_logits(averaged, s.val_data, cfg.per_device_eval_batch_size, plan.precision, s.device,
@@ -135,12 +135,35 @@ def _averaged_model(s: Session, trained: TrainedRun, models: dict, logits: dict)
     return averaged
 
 
+def _ema_model(s: Session, trained: TrainedRun, models: dict, logits: dict) -> PreTrainedModel | None:
+    """Evaluate and save ema/: the moving average of the weights at the end of training."""
+    if "ema" not in trained.averages:
+        return None
+    model, updates = trained.averages["ema"]
+    logits["ema"] = gathered_logits(model, s.val_data, s.cfg.per_device_eval_batch_size, s.plan.precision, s.device,
+                                    s.show_progress, Distributed())
+    metrics = classification_metrics(logits["ema"], s.splits.val.labels, trained.val_loss, s.plan.label_names)
+    models["ema"] = {"updates": updates, **metrics}
+    log.info("EMA of the weights (%d updates): val loss %.4f  accuracy %.4f  macro_f1 %.4f", updates,
+             metrics["loss"], metrics["accuracy"], metrics["macro_f1"])
+    with atomic_directory(s.run.path / "ema") as folder:
+        model.save_pretrained(folder)
+        s.tokenizer.save_pretrained(folder)
+    return model
+
+
 def _choose_kept(keep: str, selector: CheckpointSelector, models: dict) -> str:
-    """best, swa, or (auto) the better of both by the selection metric, if swa is eligible."""
-    if "swa" not in models or keep == "best":
-        return "best"
-    if keep == "swa":
-        return "swa"
-    metric, swa_metrics, best = selector.metric, models["swa"], models["best"]
-    better = (swa_metrics[metric] > best[metric]) if selector.greater_is_better else (swa_metrics[metric] < best[metric])
-    return "swa" if better and selector.eligible(swa_metrics) else "best"
+    """The asked-for model, or (auto) the best of best/swa/ema by the selection metric among eligible ones.
+
+    Ties keep the earlier candidate in that order, so an average must beat best/ to be kept.
+    """
+    if keep != "auto":
+        return keep if keep in models else "best"
+    kept = "best"
+    for name in ("swa", "ema"):
+        if name not in models or not selector.eligible(models[name]):
+            continue
+        candidate, current = models[name][selector.metric], models[kept][selector.metric]
+        if (candidate > current) if selector.greater_is_better else (candidate < current):
+            kept = name
+    return kept

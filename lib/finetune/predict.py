@@ -79,7 +79,8 @@ def predict_table(cfg: TrainConfig, plan: TrainingPlan, preprocessor: TextPrepro
     table = read_table(path, columns, labelled=False, flag="--test")
     precision = inference_precision(plan.precision, device)
     data = encode(tokenizer, preprocessor.transform(table.texts), plan.max_length,
-                  pad_to_multiple_of=pad_multiple(device, precision, compiled=False))
+                  pad_to_multiple_of=pad_multiple(device, precision, compiled=False), truncation=cfg.truncation,
+                  head_tokens=cfg.head_tokens)
     logits = predict_logits(model, data, batch_size or cfg.per_device_eval_batch_size, precision, device, "predict",
                             show_progress)
     return table.ids, logits

@@ -21,8 +21,8 @@ from lib.core.cache import DiskCache, texts_digest, tokenizer_digest
 from lib.core.distributed import Distributed
 from lib.core.errors import UserError
 from lib.core.files import existing_directory
-from lib.data.batching import (EncodedTexts, load_ids, pad_multiple, padded_width, save_ids, tokenize,
-                               trailing_special_tokens, training_batches, truncate)
+from lib.data.batching import (EncodedTexts, leading_special_tokens, load_ids, pad_multiple, padded_width, save_ids,
+                               tokenize, trailing_special_tokens, training_batches, truncate)
 from lib.data.preprocess import TextPreprocessor
 from lib.data.tables import class_distribution
 from lib.finetune.config import TrainConfig
@@ -88,11 +88,11 @@ def prepare_new(cfg: TrainConfig, ctx: Distributed, device: torch.device, precis
                                             splits.label_names, cfg.dropout_rate, cfg.scratch_vocab_size, cfg.seed,
                                             cache)
     limit = _model_limit(model)
-    train_ids, val_ids = _tokenize_splits(cache, tokenizer, train_texts, val_texts, limit)
+    train_ids, val_ids = _tokenize_splits(cache, tokenizer, train_texts, val_texts, _tokenized_limit(cfg, limit))
     if ctx.is_main:
         ctx.barrier()
     max_length = _resolve_max_length(cfg, train_ids, limit)
-    train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, max_length,
+    train_data, val_data = _truncated_splits(cfg, tokenizer, splits, train_ids, val_ids, max_length,
                                              pad_multiple(device, precision, cfg.compile))
     plan = _make_plan(cfg, splits, preprocessor, max_length, device, precision, ctx.world_size,
                       preset=scratch_preset(cfg.model),
@@ -116,10 +116,11 @@ def prepare_resumed(cfg: TrainConfig, run: RunFolder, ctx: Distributed) -> Prepa
     if not ctx.is_main:
         ctx.barrier()
     train_ids, val_ids = _tokenize_splits(_cache(cfg), tokenizer, preprocessor.transform(splits.training_texts),
-                                          preprocessor.transform(splits.val.texts), _model_limit(model))
+                                          preprocessor.transform(splits.val.texts),
+                                          _tokenized_limit(cfg, _model_limit(model)))
     if ctx.is_main:
         ctx.barrier()
-    train_data, val_data = _truncated_splits(tokenizer, splits, train_ids, val_ids, plan.max_length,
+    train_data, val_data = _truncated_splits(cfg, tokenizer, splits, train_ids, val_ids, plan.max_length,
                                              pad_multiple(torch.device(plan.device), plan.precision, cfg.compile))
     return Prepared(plan, splits, preprocessor, tokenizer, model, train_data, val_data)
 
@@ -173,8 +174,13 @@ def _model_limit(model: PreTrainedModel) -> int:
     return getattr(model.config, "max_position_embeddings", None) or 512
 
 
+def _tokenized_limit(cfg: TrainConfig, model_limit: int) -> int | None:
+    """Where the tokenizer itself cuts: at the model's limit, or nowhere when a text keeps its tail."""
+    return model_limit if cfg.truncation == "head" else None
+
+
 def _tokenize_splits(cache: DiskCache, tokenizer: PreTrainedTokenizerBase, train_texts: list[str],
-                     val_texts: list[str], limit: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+                     val_texts: list[str], limit: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Token ids of both splits at the model's limit, from the cache when the same texts were seen."""
     def build(folder: Path) -> None:
         started = time.perf_counter()
@@ -188,12 +194,14 @@ def _tokenize_splits(cache: DiskCache, tokenizer: PreTrainedTokenizerBase, train
                                lambda folder: (load_ids(folder / "train.npz"), load_ids(folder / "val.npz")))
 
 
-def _truncated_splits(tokenizer: PreTrainedTokenizerBase, splits: Splits, train_ids: list[np.ndarray],
-                      val_ids: list[np.ndarray], max_length: int, multiple: int) -> tuple[EncodedTexts, EncodedTexts]:
-    trailing = trailing_special_tokens(tokenizer)
-    return (EncodedTexts(truncate(train_ids, max_length, trailing), splits.training_labels, tokenizer.pad_token_id,
-                         multiple, splits.training_targets),
-            EncodedTexts(truncate(val_ids, max_length, trailing), splits.val.labels, tokenizer.pad_token_id, multiple))
+def _truncated_splits(cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase, splits: Splits,
+                      train_ids: list[np.ndarray], val_ids: list[np.ndarray], max_length: int,
+                      multiple: int) -> tuple[EncodedTexts, EncodedTexts]:
+    cut = lambda ids: truncate(ids, max_length, trailing_special_tokens(tokenizer), cfg.truncation, cfg.head_tokens,
+                               leading_special_tokens(tokenizer))
+    return (EncodedTexts(cut(train_ids), splits.training_labels, tokenizer.pad_token_id, multiple,
+                         splits.training_targets),
+            EncodedTexts(cut(val_ids), splits.val.labels, tokenizer.pad_token_id, multiple))
 
 
 def _resolve_max_length(cfg: TrainConfig, train_ids: list[np.ndarray], limit: int) -> int:

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from lib.core.device import make_grad_scaler, resolve_device, resolve_precision
-from lib.core.distributed import init_distributed, shard, wrap_for_ddp
+from lib.core.distributed import Distributed, init_distributed, shard, wrap_for_ddp
 from lib.core.errors import UserError
 from lib.core.files import atomic_directory, existing_directory
 from lib.core.metrics_logger import MetricsLogger, attach_log_file, detach_log_file
 from lib.core.progress import progress_bar
 from lib.data.augment import augment_rows, parse_augment_spec
-from lib.data.batching import collate, padding_efficiency, tokenize
+from lib.data.batching import collate, encode_ids, padding_efficiency
 from lib.finetune.checkpoints import CheckpointStore
 from lib.finetune.config import TrainConfig
 from lib.finetune.evaluate import gathered_logits
@@ -40,7 +40,7 @@ from lib.finetune.prepare import Session, epoch_batches, prepare_new, prepare_re
 from lib.finetune.run_folder import RunFolder, new_run_folder, open_unfinished
 from lib.finetune.selection import CheckpointSelector, EarlyStopping
 from lib.loop import swa
-from lib.loop.averaging import EpochSWA
+from lib.loop.averaging import EMA, EpochSWA
 from lib.loop.optim import DecayByShape, build_adamw
 from lib.loop.schedule import lr_multiplier, set_learning_rate, swa_lr_multiplier
 from lib.loop.skeleton import run_loop
@@ -138,6 +138,8 @@ class FineTuning:
                  stop: StopRequest):
         cfg, plan = s.cfg, s.plan
         self.s, self.cfg, self.plan, self.model, self.loop, self.ctx, self.stop = s, cfg, plan, s.model, loop, s.ctx, stop
+        if cfg.gradient_checkpointing:
+            s.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # forward/backward go through the DDP wrapper; evaluation and saving use the plain model
         self.trained_model = wrap_for_ddp(s.model, s.ctx, s.device)
         if cfg.compile:
@@ -168,15 +170,20 @@ class FineTuning:
         self.bar = progress_bar(plan.total_steps, "train", s.show_progress, unit="step", initial=loop.global_step)
         self._windows: tuple[int, list] | None = None  # (epoch, its windows), built once per epoch
 
-    def _averagers(self) -> list[EpochSWA]:
+    def _averagers(self) -> list[EpochSWA | EMA]:
         """Weight averagers of this run, continued from the last checkpoint on resume (rank 0 only)."""
         cfg, plan = self.cfg, self.plan
-        if cfg.swa_start is None or not self.ctx.is_main:
+        if not self.ctx.is_main:
             return []
-        averager = EpochSWA(swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs)))
-        averager.restore(self.loop.averagers.get(averager.name, {}), existing_directory(self.s.run.last),
-                         lambda folder: load_classifier(folder, plan.num_labels, plan.label_names, None))
-        return [averager]
+        averagers: list[EpochSWA | EMA] = []
+        if cfg.swa_start is not None:
+            averagers.append(EpochSWA(swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs))))
+        if cfg.ema_decay is not None:
+            averagers.append(EMA(cfg.ema_decay))
+        load = lambda folder: load_classifier(folder, plan.num_labels, plan.label_names, None)
+        for averager in averagers:
+            averager.restore(self.loop.averagers.get(averager.name, {}), existing_directory(self.s.run.last), load)
+        return averagers
 
     def announce(self) -> None:
         s, plan, loop = self.s, self.plan, self.loop
@@ -224,6 +231,7 @@ class FineTuning:
         step = loop.global_step + 1
         for averager in self.averagers:
             averager.after_step(self.model, step)
+            loop.averagers[averager.name] = averager.state_dict()
         loop.schedule_step += int(outcome.applied)
         loop.windows_since_log += 1
         loop.samples_seen += samples
@@ -255,6 +263,7 @@ class FineTuning:
                 self.store.select(chosen["step"])
         if selected_now:
             loop.selected_step = chosen["step"]
+        self._evaluate_averages(epoch)
         loop.stop_training = self.early_stopping.update(metrics["loss"])
         if self.ctx.any(self.ctx.is_main and self.stop.prune_after(loop.global_step, epoch, metrics)):
             loop.stop_training = loop.pruned = True
@@ -263,6 +272,19 @@ class FineTuning:
                  loop.global_step, epoch, metrics["loss"], metrics["nll"], metrics["accuracy"], metrics["macro_f1"],
                  f"  [selected: step {chosen['step']}]" if selected_now else "",
                  "  [pruned]" if loop.pruned else "  [early stop]" if loop.stop_training else "")
+
+    def _evaluate_averages(self, epoch: float) -> None:
+        """Score the moving averages beside the raw weights (rank 0; they are not candidates for best/)."""
+        s = self.s
+        for averager in self.averagers:
+            model = averager.averaged()
+            if isinstance(averager, EMA) and model is not None:
+                logits = gathered_logits(model, s.val_data, self.cfg.per_device_eval_batch_size, self.plan.precision,
+                                         s.device, False, Distributed())
+                metrics = classification_metrics(logits, s.splits.val.labels, self.val_loss, self.plan.label_names)
+                self.logger.log(f"val_{averager.name}", self.loop.global_step, epoch, metrics)
+                log.info("step %d: %s val loss %.4f  accuracy %.4f  macro_f1 %.4f", self.loop.global_step,
+                         averager.name.upper(), metrics["loss"], metrics["accuracy"], metrics["macro_f1"])
 
     def epoch_ended(self, epoch: int) -> None:
         loop = self.loop
@@ -291,9 +313,8 @@ class FineTuning:
 
     def trained(self) -> TrainedRun:
         """What the end of the run needs from training."""
-        averaged = next((a.averaged() for a in self.averagers if a.averaged() is not None), None)
-        n_averaged = sum(a.n_averaged for a in self.averagers)
-        return TrainedRun(self.loop, self.selector, self.store, self.val_loss, self.logger, averaged, n_averaged,
+        averages = {a.name: (a.averaged(), a.n_averaged) for a in self.averagers if a.averaged() is not None}
+        return TrainedRun(self.loop, self.selector, self.store, self.val_loss, self.logger, averages,
                           self.padding_efficiency, self.close)
 
     def _local_batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
@@ -308,8 +329,9 @@ class FineTuning:
         if not self.augment.enabled:
             return collate(s.train_data, rows)
         noisy = augment_rows(s.splits.training_texts, rows, self.augment, self.cfg.seed, self.loop.epoch)
-        encoded = s.train_data.retokenized(rows, tokenize(s.tokenizer, s.preprocessor.transform(noisy),
-                                                          self.plan.max_length))
+        encoded = s.train_data.retokenized(rows, encode_ids(s.tokenizer, s.preprocessor.transform(noisy),
+                                                            self.plan.max_length, self.cfg.truncation,
+                                                            self.cfg.head_tokens))
         return collate(encoded, np.arange(len(rows)))
 
     def _lr_multiplier(self) -> float:

@@ -8,6 +8,7 @@ continues the same average.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Callable, Protocol
@@ -78,3 +79,66 @@ class EpochSWA:
             self._average = AveragedModel(load(folder / f"{self.name}_running").float().cpu(),
                                           device=torch.device("cpu"))
             self._average.n_averaged.fill_(n_averaged)
+
+
+class EMA:
+    """An exponential moving average of the weights, updated after every optimizer step.
+
+    The decay warms up as in timm's ModelEmaV3: at the n-th update it is min(decay,
+    1 - (1 + n) ** -2/3), so the average starts as the weights themselves and does not drag the
+    random or pretrained start along for thousands of steps. The average lives on the model's
+    device, in fp32.
+    """
+
+    name = "ema"
+    WARMUP_POWER = 2 / 3
+
+    def __init__(self, decay: float, warmup: bool = True) -> None:
+        self.decay, self.warmup = decay, warmup
+        self.updates = 0
+        self._average: PreTrainedModel | None = None
+
+    def decay_at(self, update: int) -> float:
+        """The decay of update number `update` (0-based): 0 for the first, so it copies the weights."""
+        if not self.warmup:
+            return self.decay if update else 0.0
+        return min(self.decay, 1.0 - (1.0 + update) ** -self.WARMUP_POWER)
+
+    @torch.no_grad()
+    def after_step(self, model: PreTrainedModel, step: int) -> None:
+        if self._average is None:
+            self._average = copy.deepcopy(model).float().eval().requires_grad_(False)
+        decay = self.decay_at(self.updates)
+        # parameters() lists a tied tensor once, so it is updated once
+        pairs = zip([*self._average.parameters(), *self._average.buffers()], [*model.parameters(), *model.buffers()])
+        for averaged, value in pairs:
+            value = value.detach().to(averaged.device)
+            if averaged.is_floating_point():
+                averaged.lerp_(value.float(), 1.0 - decay)
+            else:
+                averaged.copy_(value)
+        self.updates += 1
+
+    def after_epoch(self, model: PreTrainedModel, epoch: int) -> None:
+        pass
+
+    def averaged(self) -> PreTrainedModel | None:
+        return self._average
+
+    @property
+    def n_averaged(self) -> int:
+        return self.updates
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates}
+
+    def save(self, folder: Path) -> None:
+        if self._average is not None:
+            self._average.save_pretrained(folder / f"{self.name}_running")
+
+    def restore(self, state: dict, folder: Path | None, load: Callable[[Path], PreTrainedModel],
+                device: torch.device | None = None) -> None:
+        self.updates = state.get("updates", 0)
+        if self.updates and folder is not None:
+            average = load(folder / f"{self.name}_running").float().eval().requires_grad_(False)
+            self._average = average.to(device) if device is not None else average
