@@ -43,7 +43,8 @@ def main(argv: list[str]) -> int:
     print(f"run folder: {run.path}")
     if run.submission.is_file():
         print(f"submission: {run.submission}")
-    print(f"curves: tensorboard --logdir {run.path.parent}")
+    if (run.path / "tensorboard").is_dir():
+        print(f"curves: tensorboard --logdir {run.path.parent}")
     return 0
 
 

@@ -291,6 +291,9 @@ class TrainConfig:
         if self.keep == "ema" and self.ema_decay is None:
             raise UserError("--keep ema: needs --ema-decay")
         self._check_adversarial()
+        if self.multi_sample_dropout > 1 and self.pooling == "model":
+            raise UserError("--multi-sample-dropout: needs a pooling head of ours (--pooling cls, mean, ...); the "
+                            "model's own head keeps its dropout inside")
         if self.head_tokens is not None and self.truncation != "head+tail":
             raise UserError("--head-tokens: only applies with --truncation head+tail")
         if self.model == CLASSICAL_MODEL:

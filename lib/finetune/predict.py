@@ -1,10 +1,16 @@
-"""Predictions from a finished run folder, with the run's own preprocessor, tokenizer and model."""
+"""Predictions from a finished run folder, with the run's own preprocessor, tokenizer and model.
+
+A `--model tfidf` run (lib.finetune.classical) has no tokenizer: `load_run` gives its preprocessor
+and TF-IDF model, and `predict_table` scores the preprocessed texts with it. Both branch on the run's
+config (`model == "tfidf"`); everything else reads both kinds of run alike.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,26 +23,59 @@ from lib.core.errors import UserError
 from lib.data.batching import encode, pad_multiple
 from lib.data.preprocess import TextPreprocessor
 from lib.data.tables import Columns, class_distribution, read_table
-from lib.finetune.config import TrainConfig
+from lib.finetune.config import CLASSICAL_MODEL, TrainConfig
 from lib.finetune.evaluate import predict_logits
 from lib.finetune.metrics import format_distribution
 from lib.finetune.plan import TrainingPlan
 from lib.finetune.run_folder import INCOMPLETE_SUFFIX, RunFolder
 from lib.model.backbone import load_classifier
+from lib.model.tfidf import TfidfClassifier
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class ClassicalPlan:
+    """plan.json of a `--model tfidf` run: what applies of a TrainingPlan (no tokens, steps or precision).
+
+    Defined here, beside the reader that needs it, so that lib.finetune.classical (which writes it)
+    can import this module without a cycle.
+    """
+
+    kind: str  # CLASSICAL_MODEL
+    num_labels: int
+    label_names: list[str]
+    train_class_counts: list[int]
+    val_class_counts: list[int]
+    special_tokens: list[str]  # the preprocessor's, kept as words by the features
+    features: dict[str, int]  # terms per TF-IDF view
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, path: Path) -> "ClassicalPlan":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("kind") != CLASSICAL_MODEL:
+                raise ValueError(data.get("kind"))
+            return cls(**{f.name: data[f.name] for f in fields(cls)})
+        except FileNotFoundError:
+            raise UserError(f"{path}: missing; not a run folder written by train.py") from None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{path}: not a {CLASSICAL_MODEL} plan written by this version of train.py") from None
+
+
+@dataclass(frozen=True)
 class LoadedRun:
-    """A finished run, ready to predict."""
+    """A finished run, ready to predict (a tfidf run: ClassicalPlan, no tokenizer, TfidfClassifier, CPU)."""
 
     run: RunFolder
     cfg: TrainConfig
-    plan: TrainingPlan
+    plan: TrainingPlan | ClassicalPlan
     preprocessor: TextPreprocessor
-    tokenizer: PreTrainedTokenizerBase
-    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase | None
+    model: PreTrainedModel | TfidfClassifier
     device: torch.device
 
 
@@ -52,6 +91,8 @@ def load_run(path: Path, which: str | None = None, device: str = "auto") -> Load
         raise UserError(f"{run.path}: unfinished run (no result.json); resume it with "
                         f"python train.py --resume {run.path}")
     cfg = TrainConfig.load(run.config)
+    if cfg.model == CLASSICAL_MODEL:
+        return _load_classical(run, cfg, which)
     plan = TrainingPlan.load(run.plan)
     which = which or run.read_json(run.result).get("kept", "best")
     model_dir = run.path / which
@@ -63,6 +104,15 @@ def load_run(path: Path, which: str | None = None, device: str = "auto") -> Load
     return LoadedRun(run, cfg, plan, TextPreprocessor.load(run.preprocessor), tokenizer, model, resolved)
 
 
+def _load_classical(run: RunFolder, cfg: TrainConfig, which: str | None) -> LoadedRun:
+    """A tfidf run keeps one model, best/; it runs on the CPU whatever the device asked for."""
+    which = which or run.read_json(run.result).get("kept", "best")
+    if which != "best":
+        raise UserError(f"--model {which}: a {CLASSICAL_MODEL} run has only best/ (no last/, swa/ or ema/)")
+    return LoadedRun(run, cfg, ClassicalPlan.load(run.plan), TextPreprocessor.load(run.preprocessor), None,
+                     TfidfClassifier.load(run.best), torch.device("cpu"))
+
+
 def inference_precision(trained_with: str, device: torch.device) -> str:
     """The run's precision where this device supports it, else fp32."""
     if trained_with == "fp16" and device.type != "cuda":
@@ -70,13 +120,15 @@ def inference_precision(trained_with: str, device: torch.device) -> str:
     return trained_with
 
 
-def predict_table(cfg: TrainConfig, plan: TrainingPlan, preprocessor: TextPreprocessor,
-                  tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, path: str | Path,
-                  device: torch.device, show_progress: bool,
+def predict_table(cfg: TrainConfig, plan: TrainingPlan | ClassicalPlan, preprocessor: TextPreprocessor,
+                  tokenizer: PreTrainedTokenizerBase | None, model: PreTrainedModel | TfidfClassifier,
+                  path: str | Path, device: torch.device, show_progress: bool,
                   batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(ids, fp32 logits) for every row of the CSV at `path`, in file order."""
     columns = Columns(cfg.id_column, cfg.text_column, cfg.label_column)
     table = read_table(path, columns, labelled=False, flag="--test")
+    if cfg.model == CLASSICAL_MODEL:  # the features read the preprocessed texts: no tokens, batches or device
+        return table.ids, model.logits(preprocessor.transform(table.texts))
     precision = inference_precision(plan.precision, device)
     data = encode(tokenizer, preprocessor.transform(table.texts), plan.max_length,
                   pad_to_multiple_of=pad_multiple(device, precision, compiled=False), truncation=cfg.truncation,
@@ -102,7 +154,7 @@ def save_logits(path: Path, ids: np.ndarray, logits: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def distribution_table(plan: TrainingPlan, predicted: np.ndarray) -> str:
+def distribution_table(plan: TrainingPlan | ClassicalPlan, predicted: np.ndarray) -> str:
     """Predicted class counts beside the training distribution, as users inspect them."""
     return format_distribution("class", {
         "predicted": class_distribution(predicted, plan.num_labels),

@@ -32,6 +32,8 @@ from lib.finetune.run_folder import RunFolder
 from lib.finetune.splits import Splits, load_splits
 from lib.loop import swa
 from lib.model.backbone import ScratchPreset, check_reachable, load_classifier, prepare_backbone, scratch_preset
+from lib.model.heads import head_for
+from lib.model.reinit import reinit_top_layers
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +84,12 @@ def prepare_new(cfg: TrainConfig, ctx: Distributed, device: torch.device, precis
     cache = _cache(cfg)
     if not ctx.is_main:
         ctx.barrier()  # rank 0 fills the cache first, so every rank gets the same tokenizer
-    with torch.random.fork_rng():  # a new head's initial weights come from the seed, not the caller's state
+    with torch.random.fork_rng():  # new weights (a head, re-initialised layers) come from the seed alone
         torch.manual_seed(cfg.seed)
         tokenizer, model = prepare_backbone(cfg.model, train_texts, preprocessor.special_tokens, splits.num_labels,
                                             splits.label_names, cfg.dropout_rate, cfg.scratch_vocab_size, cfg.seed,
-                                            cache)
+                                            cache, head_for(cfg.pooling, cfg.multi_sample_dropout))
+        reinit_top_layers(model, cfg.reinit_top_layers)
     limit = _model_limit(model)
     train_ids, val_ids = _tokenize_splits(cache, tokenizer, train_texts, val_texts, _tokenized_limit(cfg, limit))
     if ctx.is_main:

@@ -30,7 +30,8 @@ from lib.core.progress import progress_bar
 from lib.data.augment import augment_rows, parse_augment_spec
 from lib.data.batching import collate, encode_ids, padding_efficiency
 from lib.finetune.checkpoints import CheckpointStore
-from lib.finetune.config import TrainConfig
+from lib.finetune.classical import train_classical
+from lib.finetune.config import CLASSICAL_MODEL, TrainConfig
 from lib.finetune.evaluate import gathered_logits
 from lib.finetune.finish import TrainedRun, finish_run
 from lib.finetune.losses import FocalLoss
@@ -39,9 +40,10 @@ from lib.finetune.plan import TrainingPlan
 from lib.finetune.prepare import Session, epoch_batches, prepare_new, prepare_resumed
 from lib.finetune.run_folder import RunFolder, new_run_folder, open_unfinished
 from lib.finetune.selection import CheckpointSelector, EarlyStopping
+from lib.finetune.techniques import parameter_groups
 from lib.loop import swa
 from lib.loop.averaging import EMA, EpochSWA
-from lib.loop.optim import DecayByShape, build_adamw
+from lib.loop.optim import build_adamw
 from lib.loop.schedule import lr_multiplier, set_learning_rate, swa_lr_multiplier
 from lib.loop.skeleton import run_loop
 from lib.loop.state import LoopPosition, load_state, rng_state, save_state, set_rng_state
@@ -78,8 +80,10 @@ def train_new(cfg: TrainConfig, *, overwrite: bool = False, show_progress: bool 
     """Train a new run from `cfg`; returns the finished run folder (on every rank under torchrun).
 
     Everything is read, checked and built in memory before the run folder exists, so bad input
-    leaves nothing behind.
+    leaves nothing behind. `--model tfidf` trains the classical member instead (lib.finetune.classical).
     """
+    if cfg.model == CLASSICAL_MODEL:
+        return train_classical(cfg, overwrite=overwrite, argv=argv)
     ctx, ddp_device = init_distributed(cfg.device, cfg.ddp_backend)
     device = ddp_device or resolve_device(cfg.device)
     prepared = prepare_new(cfg, ctx, device, resolve_precision(cfg.precision, device))
@@ -138,14 +142,17 @@ class FineTuning:
                  stop: StopRequest):
         cfg, plan = s.cfg, s.plan
         self.s, self.cfg, self.plan, self.model, self.loop, self.ctx, self.stop = s, cfg, plan, s.model, loop, s.ctx, stop
+        # the log file first, so that it records how the optimizer and the techniques were set up
+        self.log_file = attach_log_file(s.run.path / "train.log") if s.ctx.is_main else None
+        self.logger = MetricsLogger(s.run.path, resume_step=loop.global_step or None) if s.ctx.is_main else None
         if cfg.gradient_checkpointing:
-            s.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            s.model.activation_checkpointing_enable({"use_reentrant": False})
         # forward/backward go through the DDP wrapper; evaluation and saving use the plain model
         self.trained_model = wrap_for_ddp(s.model, s.ctx, s.device)
         if cfg.compile:
             self.trained_model = torch.compile(self.trained_model, dynamic=True)
         self.augment = parse_augment_spec(cfg.augment)
-        self.optimizer = build_adamw(self.model, DecayByShape(plan.learning_rate, cfg.weight_decay),
+        self.optimizer = build_adamw(self.model, parameter_groups(cfg, plan),
                                      (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon,
                                      fused=s.device.type in ("cpu", "cuda"))
         self.scaler = make_grad_scaler(plan.precision, s.device)
@@ -164,8 +171,6 @@ class FineTuning:
         self.averagers = self._averagers()
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.padding_efficiency = padding_efficiency(s.train_data.lengths, epoch_batches(cfg, s.train_data, 0, 1))
-        self.logger = MetricsLogger(s.run.path, resume_step=loop.global_step or None) if s.ctx.is_main else None
-        self.log_file = attach_log_file(s.run.path / "train.log") if s.ctx.is_main else None
         self.pending_loss = torch.zeros((), device=s.device)  # summed on the device; read when logging
         self.bar = progress_bar(plan.total_steps, "train", s.show_progress, unit="step", initial=loop.global_step)
         self._windows: tuple[int, list] | None = None  # (epoch, its windows), built once per epoch

@@ -22,7 +22,7 @@ from transformers import (AutoConfig, AutoTokenizer, BertConfig, BertForSequence
 from lib.core.cache import DiskCache, texts_digest, tokenizer_digest
 from lib.core.errors import UserError
 from lib.core.hub import first_line, hub_endpoint, loadable
-from lib.model.heads import ClassifierHead, ModelOwnHead
+from lib.model.heads import ClassifierHead, ModelOwnHead, PooledHead, saved_head
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +175,22 @@ def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
 
 def load_classifier(name_or_path: str | Path, num_labels: int, label_names: Sequence[str],
                     dropout: float | None, head: ClassifierHead = ModelOwnHead()) -> PreTrainedModel:
-    """Load a sequence classifier with our label maps, optional dropout override and `head`."""
+    """Load a sequence classifier with our label maps, optional dropout override and `head`.
+
+    A folder saved from a pooling head (`PooledClassifier`) says so in its config and loads with that
+    head whatever `head` is: prediction, averaging and resume pass none.
+    """
     check_reachable(str(name_or_path))
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
         raise UserError(f"--model {name_or_path}: cannot load its config ({first_line(error)})") from None
+    saved = saved_head(config)
+    if saved is not None:
+        if isinstance(head, PooledHead) and head != saved:
+            log.warning("%s was saved with --pooling %s --multi-sample-dropout %d; loading it with that head",
+                        name_or_path, saved.pooling, saved.dropout_samples)
+        head = saved
     config.num_labels = num_labels
     config.id2label = {i: name for i, name in enumerate(label_names)}
     config.label2id = {name: i for i, name in enumerate(label_names)}
@@ -206,7 +216,7 @@ def add_special_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedMode
 
 def prepare_backbone(model_name: str, train_texts: Sequence[str], special_tokens: Sequence[str],
                      num_labels: int, label_names: Sequence[str], dropout: float | None,
-                     scratch_vocab_size: int, seed: int, cache: DiskCache
+                     scratch_vocab_size: int, seed: int, cache: DiskCache, head: ClassifierHead = ModelOwnHead()
                      ) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
     """Tokenizer and model for a new run.
 
@@ -217,14 +227,14 @@ def prepare_backbone(model_name: str, train_texts: Sequence[str], special_tokens
     preset = scratch_preset(model_name)
     if preset is None:
         tokenizer = load_tokenizer(model_name)
-        model = load_classifier(model_name, num_labels, label_names, dropout)
+        model = load_classifier(model_name, num_labels, label_names, dropout, head)
     else:
         wordpiece = cached_wordpiece(cache, "wordpiece", train_texts, scratch_vocab_size, special_tokens)
         tokenizer, model = cache.load_or_build(
             "scratch-init", {"tokenizer": tokenizer_digest(wordpiece), "preset": model_name,
                              "num_labels": num_labels, "seed": seed},
             lambda folder: build_scratch_folder(preset, wordpiece, folder, num_labels, seed),
-            lambda folder: (load_tokenizer(folder), load_classifier(folder, num_labels, label_names, dropout)))
+            lambda folder: (load_tokenizer(folder), load_classifier(folder, num_labels, label_names, dropout, head)))
     add_special_tokens(tokenizer, model, special_tokens)
     return tokenizer, model
 

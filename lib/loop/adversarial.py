@@ -1,0 +1,151 @@
+"""Adversarial training around any micro-batch objective: FGM perturbs the word embeddings, AWP the
+weight matrices; a second backward at the perturbed point adds its gradient to the clean one.
+
+Per micro-batch: the inner objective's clean forward and backward -> perturb along the gradient ->
+the inner objective's forward and backward again, with the same `WindowShare` (the adversarial loss
+is the same share of the window and goes through the same GradScaler) -> restore the weights from a
+kept copy, bit-exactly, in a `finally`. The restore comes after the second backward, not before: a
+backward that recomputes activations (gradient checkpointing) reads the weights as they are then.
+Both objectives return the clean loss, so the logged loss means the same with and without them.
+
+Under DistributedDataParallel the clean pass runs inside `no_sync()`, so a window still costs one
+all-reduce, started by the last micro-batch's adversarial backward and covering every gradient of
+the window (clean and adversarial). Every rank must take part in it: a rank with nothing to perturb
+(a weight-0 placeholder batch has a zero gradient) runs its second pass on a weight-0 batch instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, ContextManager
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from lib.loop.step import BatchObjective, WindowShare
+
+
+class FGM:
+    """Fast gradient method on the word embeddings (Miyato et al. 2017; Goodfellow et al. 2015).
+
+        r = epsilon * g / ||g||_2,   g = d(this micro-batch's clean loss) / d(word embedding matrix)
+        gradient += d(the inner loss at E + r) / d(weights), with E restored afterwards
+
+    g is this micro-batch's own gradient, read by a hook during its clean backward, not `.grad`,
+    which also holds the window's earlier micro-batches: the perturbation of each micro-batch is the
+    one it would get as a batch of its own, whatever its place in the window and the number of
+    micro-batches (the norm of a mixed gradient spreads epsilon over rows this batch never looks up).
+    g carries the GradScaler's scale; r does not depend on it. When g is missing, zero or not finite
+    (an fp16 overflow: the scaler skips that step anyway) the adversarial pass is skipped.
+    """
+
+    def __init__(self, inner: BatchObjective, epsilon: float) -> None:
+        self.inner, self.epsilon = inner, epsilon
+
+    def backward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], share: WindowShare) -> torch.Tensor:
+        weight = _input_embeddings(model).weight
+        seen: list[torch.Tensor] = []
+        handle = weight.register_hook(seen.append) if weight.requires_grad else None  # the hook returns None
+        try:
+            with _local_backward(model):
+                loss = self.inner.backward(model, batch, share)
+        finally:
+            if handle is not None:
+                handle.remove()
+        delta = None
+        if seen:
+            grad = seen[0] if len(seen) == 1 else torch.stack(seen).sum(0)
+            norm = float(torch.linalg.vector_norm(grad))  # a host sync: whether to run the second pass
+            if math.isfinite(norm) and norm > 0:
+                delta = grad * (self.epsilon / norm)
+            del grad
+        seen.clear()
+        _perturbed_backward(self.inner, model, batch, share, [weight] if delta is not None else [],
+                            lambda originals: weight.add_(delta))
+        return loss
+
+
+class AWP:
+    """Adversarial weight perturbation (Wu et al. 2020) in the form Kaggle solutions use, but adding
+    to the clean gradient instead of replacing it. For each trainable weight with a gradient and two
+    or more dimensions (matrices and embeddings; never biases or LayerNorm weights):
+
+        w' = clamp(w + lr * ||w||_2 * g / ||g||_2,  w - eps * |w|,  w + eps * |w|)   (elementwise)
+        gradient += d(the inner loss at every w') / d(weights), with every w restored afterwards
+
+    g is `.grad` after this micro-batch's clean backward: the window's running gradient. The scaler's
+    scale cancels in g / ||g||. A per-micro-batch gradient as FGM uses would need a second copy of
+    every weight gradient; since each step's length is fixed by ||w||, only its direction mixes.
+    A weight whose gradient or value is all zero is not moved; if any gradient norm is not finite
+    (an fp16 overflow) nothing is, and the adversarial pass is skipped.
+    """
+
+    def __init__(self, inner: BatchObjective, lr: float, eps: float) -> None:
+        self.inner, self.lr, self.eps = inner, lr, eps
+
+    def backward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], share: WindowShare) -> torch.Tensor:
+        with _local_backward(model):
+            loss = self.inner.backward(model, batch, share)
+        params = [p for p in model.parameters()
+                  if p.requires_grad and p.ndim >= 2 and p.grad is not None and not p.grad.is_sparse]
+        steps: list[float] = []
+        if params:
+            norms = torch.stack([torch.linalg.vector_norm(t) for p in params for t in (p.detach(), p.grad)])
+            pairs = norms.view(-1, 2).tolist()  # one host sync for every tensor
+            if all(math.isfinite(g) for _, g in pairs):
+                steps = [self.lr * w / g if w > 0 and g > 0 else 0.0 for w, g in pairs]
+        moved = [p for p, step in zip(params, steps) if step]
+        scales = [step for step in steps if step]
+
+        def move(originals: list[torch.Tensor]) -> None:
+            for p, original, scale in zip(moved, originals, scales):
+                bound = original.abs().mul_(self.eps)
+                p.add_((p.grad * scale).clamp_(min=-bound, max=bound))
+
+        _perturbed_backward(self.inner, model, batch, share, moved, move)
+        return loss
+
+
+def _perturbed_backward(inner: BatchObjective, model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                        share: WindowShare, params: list[torch.nn.Parameter],
+                        perturb: Callable[[list[torch.Tensor]], None]) -> None:
+    """The inner objective's backward after `perturb(copies of params)` moved `params`; then every
+    one of them is copied back from its copy, even when the pass raises."""
+    ddp = _ddp(model)
+    if not params:
+        if False:
+            # the other ranks' adversarial backward starts the window's all-reduce: join it with nothing
+            inner.backward(model, {**batch, "weight": batch.get("weight", 1.0) * 0.0}, share)
+        return
+    originals = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            perturb(originals)
+        # inside an enclosing autocast the bf16/fp16 copies of the weights are cached and would not
+        # see the perturbation (nor, afterwards, the restore)
+        torch.clear_autocast_cache()
+        inner.backward(model, batch, share)
+    finally:
+        with torch.no_grad():
+            for p, original in zip(params, originals):
+                p.copy_(original)
+        torch.clear_autocast_cache()
+
+
+def _ddp(model: torch.nn.Module) -> DistributedDataParallel | None:
+    """The DDP wrapper, also under torch.compile's (which holds it as a submodule)."""
+    return next((m for m in model.modules() if isinstance(m, DistributedDataParallel)), None)
+
+
+def _local_backward(model: torch.nn.Module) -> ContextManager:
+    ddp = _ddp(model)
+    return ddp.no_sync() if ddp is not None else contextlib.nullcontext()
+
+
+def _input_embeddings(model: torch.nn.Module) -> torch.nn.Module:
+    """The word embeddings of the model under any DDP / torch.compile wrappers."""
+    for module in model.modules():
+        if hasattr(module, "get_input_embeddings"):
+            return module.get_input_embeddings()
+    raise TypeError(f"FGM: {type(model).__name__} has no get_input_embeddings()")

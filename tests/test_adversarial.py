@@ -1,0 +1,247 @@
+"""FGM and AWP around the plain objective: the second pass adds the gradient at the perturbed point,
+the perturbation is the documented one, and every weight comes back bit-exactly."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from lib.data.batching import EncodedTexts, collate
+from lib.finetune.losses import FocalLoss
+from lib.loop.adversarial import AWP, FGM
+from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
+
+CPU = torch.device("cpu")
+
+
+def _tiny_bert(seed=0, layers=2):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=32, num_labels=3, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, max_position_embeddings=32)
+    return BertForSequenceClassification(config)
+
+
+def _data(n=11, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = [rng.integers(5, 50, size=rng.integers(3, 12)).astype(np.int32) for _ in range(n)]
+    return EncodedTexts(ids, rng.integers(0, 3, size=n), pad_token_id=0)
+
+
+def _split(data, sizes):
+    bounds = np.cumsum([0] + list(sizes))
+    return [collate(data, np.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _plain(precision="fp32"):
+    return ClassifierObjective(FocalLoss(3, gamma=1.0, label_smoothing=0.1), precision, CPU)
+
+
+def _share(denominator, scale=None):
+    scaler = torch.amp.GradScaler("cpu", enabled=scale is not None, init_scale=scale or 1.0)
+    return WindowShare(denominator, scaler)
+
+
+def _weights(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def _grads(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _backward(model, objective, batches, denominator, scale=None):
+    """Gradients and loss of one window, starting from no gradients."""
+    model.zero_grad(set_to_none=True)
+    loss = accumulate_window(model, batches, objective, _share(denominator, scale))
+    return _grads(model), loss
+
+
+def _assert_all_close(a, b, **tolerance):
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], msg=name, **tolerance)
+
+
+def _fgm_delta(grads, epsilon):
+    g = grads["bert.embeddings.word_embeddings.weight"]
+    return {"bert.embeddings.word_embeddings.weight": epsilon * g / g.norm()}
+
+
+def _awp_delta(weights, grads, lr, eps):
+    """Wu et al.'s step clamped to eps * |w| around w, written out independently of lib.loop.adversarial."""
+    deltas = {}
+    for name, w in weights.items():
+        if w.ndim >= 2 and name in grads:
+            g = grads[name]
+            moved = torch.clamp(w + lr * w.norm() * g / g.norm(), w - eps * w.abs(), w + eps * w.abs())
+            deltas[name] = moved - w
+    return deltas
+
+
+def _at(model, deltas):
+    """A copy of `model` with each named weight moved by its delta."""
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in moved.named_parameters():
+            if name in deltas:
+                p.add_(deltas[name])
+    return moved
+
+
+def _snapshots_per_forward(model):
+    """Every weight as the model's forward sees it, once per forward."""
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(_weights(module)))
+    return seen
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("kind", ["fgm", "awp"])
+def test_gradient_is_clean_plus_the_gradient_at_the_perturbed_weights(kind, precision):
+    """The reference perturbs a copy by hand; the window's gradient must be the sum of both points'."""
+    model = _tiny_bert()
+    batch = collate(_data(), np.arange(11))
+    plain = _plain(precision)
+    clean, clean_loss = _backward(model, plain, [batch], 11)
+    if kind == "fgm":
+        deltas, objective = _fgm_delta(clean, 0.5), FGM(plain, epsilon=0.5)
+    else:
+        deltas, objective = _awp_delta(_weights(model), clean, lr=0.1, eps=0.02), AWP(plain, lr=0.1, eps=0.02)
+    adversarial, _ = _backward(_at(model, deltas), plain, [batch], 11)
+
+    got, loss = _backward(model, objective, [batch], 11)
+
+    torch.testing.assert_close(loss, clean_loss, rtol=0, atol=0)  # the clean loss is what is returned
+    expected = {name: clean[name] + adversarial[name] for name in clean}
+    _assert_all_close(got, expected, rtol=1e-4, atol=1e-6)
+    assert any(not torch.allclose(got[name], 2 * clean[name], rtol=1e-3, atol=1e-5) for name in got)
+
+
+@pytest.mark.parametrize("kind", ["fgm", "awp"])
+def test_every_weight_is_restored_bit_exactly(kind):
+    model = _tiny_bert()
+    before = _weights(model)
+    objective = FGM(_plain(), epsilon=1.0) if kind == "fgm" else AWP(_plain(), lr=1.0, eps=0.05)
+    seen = _snapshots_per_forward(model)
+    share = _share(11)
+    accumulate_window(model, _split(_data(), [4, 4, 3]), objective, share)
+
+    assert len(seen) == 6  # clean + adversarial per micro-batch
+    assert not torch.equal(seen[1]["bert.embeddings.word_embeddings.weight"],
+                           before["bert.embeddings.word_embeddings.weight"])  # it was perturbed...
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[name]), name  # ...and is back, bit for bit
+    parameters = list(model.parameters())
+    optimizer_step(parameters, torch.optim.SGD(parameters, lr=0.0), share.scaler, max_grad_norm=1.0)
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[name]), name
+
+
+def test_fgm_moves_only_the_word_embeddings_by_epsilon_along_their_batch_gradient():
+    model = _tiny_bert()
+    data = _data()
+    first, second = _split(data, [5, 6])
+    plain = _plain()
+    second_alone, _ = _backward(model, plain, [second], 11)
+    seen = _snapshots_per_forward(model)
+    model.zero_grad(set_to_none=True)
+    accumulate_window(model, [first, second], FGM(plain, epsilon=0.3), _share(11))
+
+    name = "bert.embeddings.word_embeddings.weight"
+    r = seen[3][name] - seen[2][name]  # the second micro-batch's adversarial forward minus its clean one
+    assert float(r.norm()) == pytest.approx(0.3, rel=1e-4)
+    # the direction is that micro-batch's own gradient, not the window's running sum
+    torch.testing.assert_close(r, _fgm_delta(second_alone, 0.3)[name], rtol=1e-4, atol=1e-7)
+    for other in seen[3]:
+        if other != name:
+            assert torch.equal(seen[3][other], seen[2][other]), other
+
+
+def test_fgm_window_is_the_sum_of_its_micro_batches_each_perturbed_alone():
+    model = _tiny_bert()
+    batches = _split(_data(), [4, 7])
+    objective = FGM(_plain(), epsilon=0.5)
+    window, _ = _backward(model, objective, batches, 11)
+    alone = [_backward(model, objective, [batch], 11)[0] for batch in batches]
+    _assert_all_close(window, {name: alone[0][name] + alone[1][name] for name in window}, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("split", [[4, 4, 3], [1, 10]])
+def test_fgm_accumulated_window_equals_one_large_batch(split):
+    """Identical rows make every micro-batch's gradient point the same way as the whole batch's, so the
+    perturbation is the same and only the remainder-aware division decides each pass's share."""
+    same = EncodedTexts([np.array([7, 12, 30, 41, 9], dtype=np.int32)] * 11, np.full(11, 2), pad_token_id=0)
+    model = _tiny_bert()
+    objective = FGM(_plain(), epsilon=0.5)
+    whole, whole_loss = _backward(model, objective, [collate(same, np.arange(11))], 11)
+    micro, micro_loss = _backward(model, objective, _split(same, split), 11)
+    torch.testing.assert_close(micro_loss, whole_loss, rtol=1e-5, atol=1e-6)
+    _assert_all_close(micro, whole, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["fgm", "awp"])
+def test_a_negligible_perturbation_doubles_the_clean_gradient(kind):
+    """The second pass is a full share of the window, through the same scaler, for every weight."""
+    model = _tiny_bert()
+    batches = _split(_data(), [6, 5])
+    clean, _ = _backward(model, _plain(), batches, 11)
+    objective = FGM(_plain(), epsilon=1e-12) if kind == "fgm" else AWP(_plain(), lr=1e-12, eps=1e-12)
+    got, _ = _backward(model, objective, batches, 11)
+    _assert_all_close(got, {name: 2 * g for name, g in clean.items()}, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["fgm", "awp"])
+def test_gradients_do_not_depend_on_the_loss_scale(kind):
+    """A GradScaler at 2^16 scales both passes alike (a second backward that skipped it would not)."""
+    model = _tiny_bert()
+    batches = _split(_data(), [6, 5])
+    objective = FGM(_plain(), epsilon=0.5) if kind == "fgm" else AWP(_plain(), lr=0.5, eps=0.02)
+    unscaled, _ = _backward(model, objective, batches, 11)
+    scaled, _ = _backward(model, objective, batches, 11, scale=2.0 ** 16)
+    _assert_all_close({name: g / 2.0 ** 16 for name, g in scaled.items()}, unscaled, rtol=1e-5, atol=1e-8)
+
+
+def test_awp_stays_within_eps_of_each_matrix_and_leaves_vectors_alone():
+    model = _tiny_bert()
+    before = _weights(model)
+    seen = _snapshots_per_forward(model)
+    accumulate_window(model, [collate(_data(), np.arange(11))], AWP(_plain(), lr=1.0, eps=0.01), _share(11))
+
+    for name, w in before.items():
+        delta = seen[1][name] - w
+        if w.ndim == 1:
+            assert torch.equal(delta, torch.zeros_like(w)), name  # biases and LayerNorm weights
+        else:
+            assert bool((delta.abs() <= 0.01 * w.abs() * (1 + 1e-5) + 1e-12).all()), name
+            assert float(delta.abs().max()) > 0, name
+    assert any(w.ndim == 1 for w in before.values())
+
+
+def test_awp_under_an_enclosing_autocast_still_sees_its_perturbation():
+    """Autocast caches its bf16 copies of the weights until the outermost context exits."""
+    model = _tiny_bert()
+    batch = collate(_data(), np.arange(11))
+    objective = AWP(_plain("bf16"), lr=0.5, eps=0.05)
+    alone, _ = _backward(model, objective, [batch], 11)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        enclosed, _ = _backward(model, objective, [batch], 11)
+        after, _ = _backward(model, _plain("bf16"), [batch], 11)
+    _assert_all_close(enclosed, alone, rtol=1e-5, atol=1e-7)
+    _assert_all_close(after, _backward(model, _plain("bf16"), [batch], 11)[0], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("weight", [0.0, float("inf")])
+@pytest.mark.parametrize("kind", ["fgm", "awp"])
+def test_no_second_pass_when_the_gradient_is_zero_or_not_finite(kind, weight):
+    model = _tiny_bert()
+    before = _weights(model)
+    batch = dict(collate(_data(), np.arange(11)), weight=weight)
+    objective = FGM(_plain(), epsilon=1.0) if kind == "fgm" else AWP(_plain(), lr=1.0, eps=0.05)
+    seen = _snapshots_per_forward(model)
+    accumulate_window(model, [batch], objective, _share(11))
+    assert len(seen) == 1
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[name]), name
