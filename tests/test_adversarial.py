@@ -245,3 +245,30 @@ def test_no_second_pass_when_the_gradient_is_zero_or_not_finite(kind, weight):
     assert len(seen) == 1
     for name, p in model.named_parameters():
         assert torch.equal(p.detach(), before[name]), name
+
+
+@pytest.mark.parametrize("placeholder", [False, True])
+def test_under_ddp_only_the_last_adversarial_pass_synchronises(tmp_path, placeholder):
+    """One all-reduce per window, started by the last micro-batch's second pass. A rank whose last batch
+    is a weight-0 placeholder (nothing to perturb) must still run that synced pass, or the other
+    ranks' all-reduce would wait for it forever; world size 1 shows which passes sync."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = _tiny_bert()
+        reference = copy.deepcopy(model)
+        ddp = DistributedDataParallel(model)
+        syncing = []
+        model.register_forward_pre_hook(lambda module, args: syncing.append(ddp.require_backward_grad_sync))
+        first, last = _split(_data(), [5, 6])
+        if placeholder:
+            last = dict(last, weight=0.0)
+        objective = FGM(_plain(), epsilon=0.5)
+        got, _ = _backward(ddp, objective, [first, last], 11)
+        expected, _ = _backward(reference, objective, [first, last], 11)
+    finally:
+        dist.destroy_process_group()
+    assert syncing == [False, False, False, True]  # clean + adversarial per micro-batch
+    _assert_all_close({name.removeprefix("module."): g for name, g in got.items()}, expected, rtol=0, atol=0)

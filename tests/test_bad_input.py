@@ -140,3 +140,25 @@ def test_predict_refuses_bad_runs_and_test_files(tmp_path, capsys):
     (tmp_path / "half.incomplete").mkdir()
     code = run_cli(predict.main, [str(tmp_path / "half.incomplete")])
     assert code == 2 and "unfinished run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, needles", [
+    (["--pooling", "sum"], ("--pooling", "'sum'", "mean")),
+    (["--layer-lr-decay", "1.5"], ("--layer-lr-decay", "1.5")),
+    (["--layer-lr-decay", "0"], ("--layer-lr-decay", "0")),
+    (["--reinit-top-layers", "3"], ("--reinit-top-layers 3", "2 encoder layers")),
+    (["--ema-decay", "1"], ("--ema-decay", "1")),
+    (["--adv-epsilon", "0.5"], ("--adv-epsilon", "--adversarial fgm")),
+    (["--awp-lr", "1e-3", "--adversarial", "fgm"], ("--awp-lr", "--adversarial awp")),
+    (["--adv-start-epoch", "1"], ("--adv-start-epoch", "--adversarial")),
+    (["--multi-sample-dropout", "4"], ("--multi-sample-dropout", "--pooling")),
+    (["--head-tokens", "16"], ("--head-tokens", "head+tail")),
+])
+def test_bad_technique_options_are_refused(tmp_path, capsys, toy_data, flags, needles):
+    _assert_refused(tmp_path, FAST + ["--train-file", str(toy_data["train"])] + flags, capsys, *needles)
+
+
+def test_tfidf_refuses_options_of_neural_models(tmp_path, capsys, toy_data):
+    argv = ["--model", "tfidf", "--train-file", str(toy_data["train"]), "--quiet", "--ema-decay", "0.9",
+            "--pooling", "mean"]
+    _assert_refused(tmp_path, argv, capsys, "--model tfidf", "--ema-decay", "--pooling")

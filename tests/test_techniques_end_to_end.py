@@ -29,3 +29,22 @@ def test_an_interrupted_ema_run_resumes_to_the_same_average(toy_data, tmp_path):
     records = [json.loads(line) for line in (resumed.path / "metrics.jsonl").read_text().splitlines()]
     steps = {split: [r["step"] for r in records if r["split"] == split] for split in ("val", "val_ema")}
     assert steps["val_ema"] == steps["val"] and 10 in steps["val"]  # evaluated beside the raw weights
+
+
+@pytest.mark.parametrize("adversarial", [dict(adversarial="fgm", adv_epsilon=0.5, adv_start_epoch=1),
+                                         dict(adversarial="awp", awp_lr=1e-4, awp_eps=1e-2)])
+def test_every_technique_at_once_still_learns_and_predicts(toy_data, tmp_path, capsys, adversarial):
+    import predict
+    from lib.core.cli import run_cli
+
+    cfg = tiny_config(toy_data, tmp_path, num_train_epochs=3, layer_lr_decay=0.9, head_learning_rate=3e-3,
+                      reinit_top_layers=1, ema_decay=0.9, rdrop_alpha=0.5, pooling="mean", multi_sample_dropout=2,
+                      gradient_checkpointing=True, truncation="head+tail", max_length=8, swa_last_k=2,
+                      test_file=str(toy_data["test"]), **adversarial)
+    run = train_new(cfg)
+    result = json.loads(run.result.read_text())
+    assert {"best", "swa", "ema"} <= set(result["models"])
+    assert result["best"]["accuracy"] > 0.9  # chance is 0.25
+    out = tmp_path / "again.csv"
+    assert run_cli(predict.main, [str(run.path), "--test", str(toy_data["test"]), "--out", str(out), "--quiet"]) == 0
+    assert out.read_text() == run.submission.read_text()  # the kept model, its head and truncation, reloaded

@@ -34,6 +34,9 @@ POOLINGS = ("model", "cls", "mean", "max", "attention", "weighted-layers", "conc
 ADVERSARIAL = ("none", "fgm", "awp")
 TRUNCATIONS = ("head", "tail", "head+tail")
 CLASSICAL_MODEL = "tfidf"
+# Used when --adversarial is on and these are not given: FGM's usual 1.0 on BERT embeddings; AWP as
+# Kaggle solutions run it. Their options default to None, so giving one without --adversarial is caught.
+FGM_EPSILON, AWP_LR, AWP_EPS = 1.0, 1e-4, 1e-2
 HELP_HINT = "python train.py --help"
 
 
@@ -195,11 +198,11 @@ class TrainConfig:
         "adversarial training: fgm perturbs the word embeddings, awp the weights; none = off", "loss",
         choices=ADVERSARIAL))
     adv_epsilon: float | None = field(default=None, metadata=option(
-        "--adversarial fgm: norm of the embedding perturbation", "loss", shown="1.0", above=0))
+        "--adversarial fgm: norm of the embedding perturbation", "loss", shown=f"{FGM_EPSILON:g}", above=0))
     awp_lr: float | None = field(default=None, metadata=option(
-        "--adversarial awp: step size of the weight perturbation", "loss", shown="1e-4", above=0))
+        "--adversarial awp: step size of the weight perturbation", "loss", shown=f"{AWP_LR:g}", above=0))
     awp_eps: float | None = field(default=None, metadata=option(
-        "--adversarial awp: largest perturbation of a weight, relative to its size", "loss", shown="1e-2",
+        "--adversarial awp: largest perturbation of a weight, relative to its size", "loss", shown=f"{AWP_EPS:g}",
         above=0))
     adv_start_epoch: float | None = field(default=None, metadata=option(
         "adversarial steps from this epoch on (0-based; a fraction starts inside an epoch)", "loss", shown="0",

@@ -28,9 +28,10 @@ from lib.loop.step import WindowShare
 class RDropObjective:
     """Two forward passes of each micro-batch plus alpha times their symmetric KL (module docstring).
 
-    The passes are two calls of the model, not one call on the batch stacked twice: with dropout off
-    their logits are bit-identical to a single pass, and under DDP (find_unused_parameters off, as
-    lib.core.distributed wraps) two forwards before one backward reduce each gradient once, as one.
+    The passes are two calls of the model, not one call on the batch stacked twice (the research
+    notes' choice): with dropout off their logits are then bit-identical to a single pass (a GEMM over
+    twice the rows rounds differently). Under DDP two forwards before one backward still reduce each
+    gradient once: the autograd engine sums both uses of a weight before DDP's hook sees it.
     A batch's `weight` (0 for a DDP placeholder row) multiplies the whole loss.
     """
 

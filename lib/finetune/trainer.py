@@ -40,14 +40,14 @@ from lib.finetune.plan import TrainingPlan
 from lib.finetune.prepare import Session, epoch_batches, prepare_new, prepare_resumed
 from lib.finetune.run_folder import RunFolder, new_run_folder, open_unfinished
 from lib.finetune.selection import CheckpointSelector, EarlyStopping
-from lib.finetune.techniques import parameter_groups
+from lib.finetune.techniques import adversarial_from_step, objectives, parameter_groups
 from lib.loop import swa
 from lib.loop.averaging import EMA, EpochSWA
 from lib.loop.optim import build_adamw
 from lib.loop.schedule import lr_multiplier, set_learning_rate, swa_lr_multiplier
 from lib.loop.skeleton import run_loop
 from lib.loop.state import LoopPosition, load_state, rng_state, save_state, set_rng_state
-from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
+from lib.loop.step import WindowShare, accumulate_window, optimizer_step
 from lib.loop.stop import StopRequest, TrainingInterrupted
 from lib.loop.work_folder import environment_record
 from lib.model.backbone import load_classifier
@@ -159,7 +159,8 @@ class FineTuning:
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
             self.scaler.load_state_dict(scaler_state)
-        self.objective = ClassifierObjective(_make_loss(cfg, plan).to(s.device), plan.precision, s.device)
+        self.objective, self.adversarial = objectives(cfg, plan, _make_loss(cfg, plan).to(s.device), s.device)
+        self.adversarial_from = adversarial_from_step(cfg, plan)
         self.val_loss = _make_loss(cfg, plan)
         self.early_stopping = EarlyStopping(cfg.early_stopping_patience, cfg.early_stopping_threshold)
         self.selector = CheckpointSelector(cfg.selection_metric, cfg.max_loss_increase)
@@ -229,8 +230,10 @@ class FineTuning:
         started = time.perf_counter()
         samples = sum(len(rows) for rows in window)
         share = WindowShare(samples, self.scaler, self.ctx.world_size)
+        objective = self.adversarial if self.adversarial and loop.global_step >= self.adversarial_from \
+            else self.objective
         self.pending_loss += accumulate_window(self.trained_model, [self._local_batch(rows) for rows in window],
-                                               self.objective, share)
+                                               objective, share)
         lr = set_learning_rate(self.optimizer, self._lr_multiplier())
         outcome = optimizer_step(self.parameters, self.optimizer, self.scaler, cfg.max_grad_norm)
         step = loop.global_step + 1

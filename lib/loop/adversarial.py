@@ -32,10 +32,10 @@ class FGM:
         r = epsilon * g / ||g||_2,   g = d(this micro-batch's clean loss) / d(word embedding matrix)
         gradient += d(the inner loss at E + r) / d(weights), with E restored afterwards
 
-    g is this micro-batch's own gradient, read by a hook during its clean backward, not `.grad`,
-    which also holds the window's earlier micro-batches: the perturbation of each micro-batch is the
-    one it would get as a batch of its own, whatever its place in the window and the number of
-    micro-batches (the norm of a mixed gradient spreads epsilon over rows this batch never looks up).
+    g is this micro-batch's own gradient on this process, read by a hook during its clean backward,
+    not `.grad`, which also holds the window's earlier micro-batches: each micro-batch gets the
+    perturbation it would get as a batch of its own, whatever its place in the window and the number
+    of micro-batches (the norm of a mixed gradient spreads epsilon over rows this batch never uses).
     g carries the GradScaler's scale; r does not depend on it. When g is missing, zero or not finite
     (an fp16 overflow: the scaler skips that step anyway) the adversarial pass is skipped.
     """
@@ -46,7 +46,8 @@ class FGM:
     def backward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], share: WindowShare) -> torch.Tensor:
         weight = _input_embeddings(model).weight
         seen: list[torch.Tensor] = []
-        handle = weight.register_hook(seen.append) if weight.requires_grad else None  # the hook returns None
+        # list.append returns None, so the gradient goes on to `.grad` unchanged
+        handle = weight.register_hook(seen.append) if weight.requires_grad else None
         try:
             with _local_backward(model):
                 loss = self.inner.backward(model, batch, share)
@@ -69,12 +70,13 @@ class FGM:
 class AWP:
     """Adversarial weight perturbation (Wu et al. 2020) in the form Kaggle solutions use, but adding
     to the clean gradient instead of replacing it. For each trainable weight with a gradient and two
-    or more dimensions (matrices and embeddings; never biases or LayerNorm weights):
+    or more dimensions (matrices and embeddings, so never a bias or a LayerNorm weight):
 
         w' = clamp(w + lr * ||w||_2 * g / ||g||_2,  w - eps * |w|,  w + eps * |w|)   (elementwise)
         gradient += d(the inner loss at every w') / d(weights), with every w restored afterwards
 
-    g is `.grad` after this micro-batch's clean backward: the window's running gradient. The scaler's
+    g is `.grad` after this micro-batch's clean backward: this process's running gradient of the
+    window (under DDP not yet all-reduced: the clean pass runs in `no_sync()`). The scaler's
     scale cancels in g / ||g||. A per-micro-batch gradient as FGM uses would need a second copy of
     every weight gradient; since each step's length is fixed by ||w||, only its direction mixes.
     A weight whose gradient or value is all zero is not moved; if any gradient norm is not finite
@@ -114,7 +116,7 @@ def _perturbed_backward(inner: BatchObjective, model: torch.nn.Module, batch: di
     one of them is copied back from its copy, even when the pass raises."""
     ddp = _ddp(model)
     if not params:
-        if False:
+        if ddp is not None and ddp.require_backward_grad_sync:
             # the other ranks' adversarial backward starts the window's all-reduce: join it with nothing
             inner.backward(model, {**batch, "weight": batch.get("weight", 1.0) * 0.0}, share)
         return
