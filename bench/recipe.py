@@ -27,7 +27,8 @@ built once per seed by our own code and saved with `save_pretrained`; (a), (b), 
 from that folder, so the weights, the tokenizer and the token ids (checked) are the same. A model
 folder (e.g. from pretrain.py) is used as it is; its new classification head is drawn from the seed
 on both sides. Both sides get the same rows, preprocessed texts, max length ((b)'s, unless --max-length
-is given), batch size, epochs, learning rate, seed, AdamW settings, clipping and evaluation batch size.
+is given), batch size, epochs, learning rate, seed, AdamW settings, clipping and evaluation batch size;
+neither side uses the tokenisation cache.
 The Trainer keeps its default random sampler (--trainer-sampling group_by_length to change it); ours
 groups by length, its default.
 
@@ -105,7 +106,7 @@ CATALOGUE = {
     "rdrop": "--rdrop-alpha 1.0",
     "pool-mean": "--pooling mean",
     "msd": "--multi-sample-dropout 5",
-    "grad-ckpt": "--gradient-checkpointing",
+    "grad-ckpt": "--gradient-checkpointing true",
     "head+tail": "--truncation head+tail",
     "swa": "--swa-last-k 3",
     # other poolings, by name only (not in the default ablation)
@@ -156,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="token limit; auto = the 99th percentile of training lengths, (b)'s plan")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate of every backbone")
     parser.add_argument("--best", default=DEFAULT_BEST, metavar="OPTIONS",
-                        help="(c): train.py options on top of (b), one string (write --best=--flag for one bare flag)")
+                        help="(c): train.py options on top of (b), as one string")
     parser.add_argument("--ablation", nargs="+", default=list(DEFAULT_ABLATION), metavar="ENTRY",
                         help="(d): catalogue names (" + ", ".join(CATALOGUE) + "), LABEL=OPTIONS, or none")
     parser.add_argument("--trainer-sampling", default="random", choices=("random", "group_by_length"),
@@ -196,6 +197,8 @@ def train_options(text: str, flag: str) -> dict[str, Any]:
     """train.py flags as TrainConfig fields, checked by train.py's own parser; only those given."""
     try:
         parsed = vars(build_train_parser().parse_args(shlex.split(text)))
+    except UserError as error:
+        raise UserError(f"{flag} {text!r}: {error}") from None
     except SystemExit:  # --help
         raise UserError(f"{flag}: expected train.py options, got {text!r}") from None
     for name in ("config", "resume", "overwrite", "quiet", "no_cache"):
@@ -233,13 +236,13 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--parts: unknown {', '.join(sorted(unknown))}; choose among {', '.join(PARTS)}")
     if args.epochs <= 0 or args.batch_size < 1 or not args.seeds:
         raise UserError("--epochs, --batch-size and --seeds: expected positive values")
+    train_options(args.best, "--best")  # refuse bad options before any training
+    for _, text in ablation_entries(args.ablation):
+        train_options(text.format(head_lr=1.0), "--ablation")
     if "trainer" in parts and not is_accelerate_available():
         raise UserError("the trainer part needs accelerate (transformers.Trainer requires it): "
                         "pip install -r bench/requirements.txt, or leave it out with --parts ours,best,ablation,ensemble")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # backbones are presets or folders: never wait on the hub
-    train_options(args.best, "--best")  # refuse bad options before any training
-    for _, text in ablation_entries(args.ablation):
-        train_options(text.format(head_lr=1.0), "--ablation")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"command: python -m bench.recipe {shlex.join(argv)}".rstrip())
@@ -296,7 +299,7 @@ def bench_backbone(args: argparse.Namespace, parts: set[str], backbone: Backbone
     for index, seed in enumerate(args.seeds):
         base = _base_options(args, backbone, seed, root)
         if scratch_preset(backbone.model) is not None:  # one saved starting point per seed, for every side
-            base["model"] = str(_build_init_folder({**base, "max_length": "auto"}, root / f"init-s{seed}"))
+            base["model"] = str(_build_init_folder(base, root / f"init-s{seed}"))
         results: dict[str, dict] = {}
         results["ours"] = ours_result(args, {**base, "run_name": f"s{seed}-ours"})
         max_length = results["ours"]["max_length"]
@@ -317,7 +320,7 @@ def bench_backbone(args: argparse.Namespace, parts: set[str], backbone: Backbone
         if index == 0 and "ablation" in parts:
             ablation = run_ablation(args, backbone, base, results["ours"])
     summary = _summarise(seeds)
-    _print_summary(summary, len(args.seeds))
+    _print_summary(summary)
     ensembles = run_ensembles(args, backbone, best_runs, root) if "ensemble" in parts and best_runs else []
     if ablation:
         _print_ablation(ablation, seeds[str(args.seeds[0])]["ours"], args.seeds[0])
@@ -334,7 +337,7 @@ def _base_options(args: argparse.Namespace, backbone: Backbone, seed: int, root:
         "per_device_train_batch_size": args.batch_size, "per_device_eval_batch_size": args.eval_batch_size,
         "max_length": args.max_length, "seed": seed,
         "device": args.device, "precision": "fp32", "output_dir": str(root / "runs"),
-        "cache_dir": str(root.parent / "cache"), **SEED_RECIPE,
+        "cache_dir": None, **SEED_RECIPE,  # no tokenisation cache: both sides tokenise, as in bench/throughput
     }
     if args.scratch_vocab_size:
         options["scratch_vocab_size"] = args.scratch_vocab_size
@@ -474,12 +477,12 @@ def run_ensembles(args: argparse.Namespace, backbone: Backbone, best_runs: list[
     if len(best_runs) > 1:
         members.append((f"vote of (c)'s {len(best_runs)} seeds", best_runs))
     classical = {key: value for key, value in _base_options(args, backbone, args.seeds[0], root).items()
-                 if key in ("train_file", "val_size", "split_seed", "max_train_samples", "seed", "output_dir",
-                            "cache_dir")}
+                 if key in ("train_file", "val_size", "split_seed", "max_train_samples", "seed", "output_dir")}
     tfidf = None
     try:
         tfidf = classical_side({**classical, "model": CLASSICAL_MODEL, "run_name": "tfidf"})
-        members.append((f"vote of (c)'s {len(best_runs)} seed(s) + TF-IDF", [*best_runs, Path(tfidf["run"])]))
+        seeds = f"{len(best_runs)} seeds" if len(best_runs) > 1 else "seed"
+        members.append((f"vote of (c)'s {seeds} + TF-IDF", [*best_runs, Path(tfidf["run"])]))
     except UserError as error:
         print(f"\n   note: the classical member is left out: train_new refused --model {CLASSICAL_MODEL} ({error})")
     rows: list[dict] = []
@@ -526,7 +529,7 @@ def run_ablation(args: argparse.Namespace, backbone: Backbone, base: dict[str, A
                     "delta_nll": result["nll"] - reference["nll"],
                     "train_sps_ratio": result["train_sps"] / reference["train_sps"]})
         print(f"   ablation {label}: accuracy {result['accuracy']:.4f} ({row['delta_accuracy_points']:+.2f} points), "
-              f"{result['wall_seconds']:.0f} s")
+              f"{result['wall_seconds']:.1f} s")
         rows.append(row)
     return rows
 
@@ -582,10 +585,10 @@ def _print_seed(seed: int, results: dict[str, dict]) -> None:
             print(_row(str(seed), name, results[side]))
 
 
-def _print_summary(summary: dict, n_seeds: int) -> None:
+def _print_summary(summary: dict) -> None:
     for side, name in NAMES.items():
         if side in summary["mean"]:
-            print(_row(f"mean{n_seeds}" if n_seeds > 1 else "mean", name, summary["mean"][side]))
+            print(_row("mean", name, summary["mean"][side]))
     if summary["versus_trainer"]:
         print(f"\n   {'means over seeds, against (a)':<34}{'train/s':>9}{'wall':>8}{'acc pts':>9}{'F1 pts':>8}"
               f"{'NLL diff':>10}")
@@ -599,16 +602,17 @@ def _print_summary(summary: dict, n_seeds: int) -> None:
 def _print_ablation(rows: list[dict], reference: dict, seed: int) -> None:
     print(f"\n   ablation: each technique alone on top of (b), seed {seed}")
     print(f"   {'technique':<16}{'accuracy':>9}{'macro-F1':>9}{'NLL':>8}{'Δacc pts':>9}{'ΔF1 pts':>8}{'ΔNLL':>9}"
-          f"{'wall s':>8}{'train/s':>9}{'vs (b)':>8}  options")
+          f"{'wall s':>8}{'train/s':>9}{'vs (b)':>8}  kept  options")
     print(f"   {'(b) ours':<16}{reference['accuracy']:>9.4f}{reference['macro_f1']:>9.4f}{reference['nll']:>8.4f}"
-          f"{'':>26}{reference['wall_seconds']:>8.1f}{reference['train_sps']:>9.0f}{'1.00x':>8}")
+          f"{'':>26}{reference['wall_seconds']:>8.1f}{reference['train_sps']:>9.0f}{'1.00x':>8}  {reference['kept']}")
     for row in rows:
         if "refused" in row:
             print(f"   {row['technique']:<16}{'refused: ' + row['refused']}")
             continue
         print(f"   {row['technique']:<16}{row['accuracy']:>9.4f}{row['macro_f1']:>9.4f}{row['nll']:>8.4f}"
               f"{row['delta_accuracy_points']:>+9.2f}{row['delta_macro_f1_points']:>+8.2f}{row['delta_nll']:>+9.4f}"
-              f"{row['wall_seconds']:>8.1f}{row['train_sps']:>9.0f}{row['train_sps_ratio']:>7.2f}x  {row['options']}")
+              f"{row['wall_seconds']:>8.1f}{row['train_sps']:>9.0f}{row['train_sps_ratio']:>7.2f}x  {row['kept']:<4}  "
+              f"{row['options']}")
 
 
 if __name__ == "__main__":

@@ -6,28 +6,16 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from lib.data.batching import EncodedTexts, collate
 from lib.finetune.losses import FocalLoss
 from lib.loop.adversarial import AWP, FGM
 from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
+from tests.tiny_encoders import random_encoded, tiny_bert
 
 CPU = torch.device("cpu")
 
 
-def _tiny_bert(seed=0, layers=2):
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=32, num_labels=3, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0, max_position_embeddings=32)
-    return BertForSequenceClassification(config)
-
-
-def _data(n=11, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = [rng.integers(5, 50, size=rng.integers(3, 12)).astype(np.int32) for _ in range(n)]
-    return EncodedTexts(ids, rng.integers(0, 3, size=n), pad_token_id=0)
 
 
 def _split(data, sizes):
@@ -102,8 +90,8 @@ def _snapshots_per_forward(model):
 @pytest.mark.parametrize("kind", ["fgm", "awp"])
 def test_gradient_is_clean_plus_the_gradient_at_the_perturbed_weights(kind, precision):
     """The reference perturbs a copy by hand; the window's gradient must be the sum of both points'."""
-    model = _tiny_bert()
-    batch = collate(_data(), np.arange(11))
+    model = tiny_bert(layers=2)
+    batch = collate(random_encoded(), np.arange(11))
     plain = _plain(precision)
     clean, clean_loss = _backward(model, plain, [batch], 11)
     if kind == "fgm":
@@ -122,12 +110,12 @@ def test_gradient_is_clean_plus_the_gradient_at_the_perturbed_weights(kind, prec
 
 @pytest.mark.parametrize("kind", ["fgm", "awp"])
 def test_every_weight_is_restored_bit_exactly(kind):
-    model = _tiny_bert()
+    model = tiny_bert(layers=2)
     before = _weights(model)
     objective = FGM(_plain(), epsilon=1.0) if kind == "fgm" else AWP(_plain(), lr=1.0, eps=0.05)
     seen = _snapshots_per_forward(model)
     share = _share(11)
-    accumulate_window(model, _split(_data(), [4, 4, 3]), objective, share)
+    accumulate_window(model, _split(random_encoded(), [4, 4, 3]), objective, share)
 
     assert len(seen) == 6  # clean + adversarial per micro-batch
     assert not torch.equal(seen[1]["bert.embeddings.word_embeddings.weight"],
@@ -141,8 +129,8 @@ def test_every_weight_is_restored_bit_exactly(kind):
 
 
 def test_fgm_moves_only_the_word_embeddings_by_epsilon_along_their_batch_gradient():
-    model = _tiny_bert()
-    data = _data()
+    model = tiny_bert(layers=2)
+    data = random_encoded()
     first, second = _split(data, [5, 6])
     plain = _plain()
     second_alone, _ = _backward(model, plain, [second], 11)
@@ -161,8 +149,8 @@ def test_fgm_moves_only_the_word_embeddings_by_epsilon_along_their_batch_gradien
 
 
 def test_fgm_window_is_the_sum_of_its_micro_batches_each_perturbed_alone():
-    model = _tiny_bert()
-    batches = _split(_data(), [4, 7])
+    model = tiny_bert(layers=2)
+    batches = _split(random_encoded(), [4, 7])
     objective = FGM(_plain(), epsilon=0.5)
     window, _ = _backward(model, objective, batches, 11)
     alone = [_backward(model, objective, [batch], 11)[0] for batch in batches]
@@ -174,7 +162,7 @@ def test_fgm_accumulated_window_equals_one_large_batch(split):
     """Identical rows make every micro-batch's gradient point the same way as the whole batch's, so the
     perturbation is the same and only the remainder-aware division decides each pass's share."""
     same = EncodedTexts([np.array([7, 12, 30, 41, 9], dtype=np.int32)] * 11, np.full(11, 2), pad_token_id=0)
-    model = _tiny_bert()
+    model = tiny_bert(layers=2)
     objective = FGM(_plain(), epsilon=0.5)
     whole, whole_loss = _backward(model, objective, [collate(same, np.arange(11))], 11)
     micro, micro_loss = _backward(model, objective, _split(same, split), 11)
@@ -185,8 +173,8 @@ def test_fgm_accumulated_window_equals_one_large_batch(split):
 @pytest.mark.parametrize("kind", ["fgm", "awp"])
 def test_a_negligible_perturbation_doubles_the_clean_gradient(kind):
     """The second pass is a full share of the window, through the same scaler, for every weight."""
-    model = _tiny_bert()
-    batches = _split(_data(), [6, 5])
+    model = tiny_bert(layers=2)
+    batches = _split(random_encoded(), [6, 5])
     clean, _ = _backward(model, _plain(), batches, 11)
     objective = FGM(_plain(), epsilon=1e-12) if kind == "fgm" else AWP(_plain(), lr=1e-12, eps=1e-12)
     got, _ = _backward(model, objective, batches, 11)
@@ -196,8 +184,8 @@ def test_a_negligible_perturbation_doubles_the_clean_gradient(kind):
 @pytest.mark.parametrize("kind", ["fgm", "awp"])
 def test_gradients_do_not_depend_on_the_loss_scale(kind):
     """A GradScaler at 2^16 scales both passes alike (a second backward that skipped it would not)."""
-    model = _tiny_bert()
-    batches = _split(_data(), [6, 5])
+    model = tiny_bert(layers=2)
+    batches = _split(random_encoded(), [6, 5])
     objective = FGM(_plain(), epsilon=0.5) if kind == "fgm" else AWP(_plain(), lr=0.5, eps=0.02)
     unscaled, _ = _backward(model, objective, batches, 11)
     scaled, _ = _backward(model, objective, batches, 11, scale=2.0 ** 16)
@@ -205,10 +193,10 @@ def test_gradients_do_not_depend_on_the_loss_scale(kind):
 
 
 def test_awp_stays_within_eps_of_each_matrix_and_leaves_vectors_alone():
-    model = _tiny_bert()
+    model = tiny_bert(layers=2)
     before = _weights(model)
     seen = _snapshots_per_forward(model)
-    accumulate_window(model, [collate(_data(), np.arange(11))], AWP(_plain(), lr=1.0, eps=0.01), _share(11))
+    accumulate_window(model, [collate(random_encoded(), np.arange(11))], AWP(_plain(), lr=1.0, eps=0.01), _share(11))
 
     for name, w in before.items():
         delta = seen[1][name] - w
@@ -222,8 +210,8 @@ def test_awp_stays_within_eps_of_each_matrix_and_leaves_vectors_alone():
 
 def test_awp_under_an_enclosing_autocast_still_sees_its_perturbation():
     """Autocast caches its bf16 copies of the weights until the outermost context exits."""
-    model = _tiny_bert()
-    batch = collate(_data(), np.arange(11))
+    model = tiny_bert(layers=2)
+    batch = collate(random_encoded(), np.arange(11))
     objective = AWP(_plain("bf16"), lr=0.5, eps=0.05)
     alone, _ = _backward(model, objective, [batch], 11)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -236,9 +224,9 @@ def test_awp_under_an_enclosing_autocast_still_sees_its_perturbation():
 @pytest.mark.parametrize("weight", [0.0, float("inf")])
 @pytest.mark.parametrize("kind", ["fgm", "awp"])
 def test_no_second_pass_when_the_gradient_is_zero_or_not_finite(kind, weight):
-    model = _tiny_bert()
+    model = tiny_bert(layers=2)
     before = _weights(model)
-    batch = dict(collate(_data(), np.arange(11)), weight=weight)
+    batch = dict(collate(random_encoded(), np.arange(11)), weight=weight)
     objective = FGM(_plain(), epsilon=1.0) if kind == "fgm" else AWP(_plain(), lr=1.0, eps=0.05)
     seen = _snapshots_per_forward(model)
     accumulate_window(model, [batch], objective, _share(11))
@@ -257,12 +245,12 @@ def test_under_ddp_only_the_last_adversarial_pass_synchronises(tmp_path, placeho
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        model = _tiny_bert()
+        model = tiny_bert(layers=2)
         reference = copy.deepcopy(model)
         ddp = DistributedDataParallel(model)
         syncing = []
         model.register_forward_pre_hook(lambda module, args: syncing.append(ddp.require_backward_grad_sync))
-        first, last = _split(_data(), [5, 6])
+        first, last = _split(random_encoded(), [5, 6])
         if placeholder:
             last = dict(last, weight=0.0)
         objective = FGM(_plain(), epsilon=0.5)

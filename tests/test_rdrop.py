@@ -4,29 +4,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, BertForSequenceClassification
 
-from lib.data.batching import EncodedTexts, collate
+from lib.data.batching import collate
 from lib.finetune.losses import FocalLoss
 from lib.finetune.objectives import RDropObjective
 from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window
+from tests.tiny_encoders import random_encoded, tiny_bert
 
 CPU = torch.device("cpu")
 
 
-def _tiny_bert(dropout, seed=0):
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, num_labels=3, hidden_dropout_prob=dropout,
-                        attention_probs_dropout_prob=dropout, max_position_embeddings=32)
-    return BertForSequenceClassification(config).train()
-
-
-def _data(n=11, seed=0, soft=False):
-    rng = np.random.default_rng(seed)
-    ids = [rng.integers(5, 50, size=rng.integers(3, 12)).astype(np.int32) for _ in range(n)]
-    targets = rng.dirichlet(np.ones(3), size=n).astype(np.float32) if soft else None
-    return EncodedTexts(ids, rng.integers(0, 3, size=n), pad_token_id=0, targets=targets)
 
 
 def _share(denominator):
@@ -52,8 +39,8 @@ def _loss_fn():
 
 @pytest.mark.parametrize("alpha", [0.0, 4.0])
 def test_without_dropout_it_is_exactly_the_plain_objective(alpha):
-    model = _tiny_bert(dropout=0.0)
-    batches = [collate(_data(), np.arange(0, 6)), collate(_data(), np.arange(6, 11))]
+    model = tiny_bert(dropout=0.0)
+    batches = [collate(random_encoded(), np.arange(0, 6)), collate(random_encoded(), np.arange(6, 11))]
     plain_loss, plain = _window(model, ClassifierObjective(_loss_fn(), "fp32", CPU), batches, 11)
     loss, grads = _window(model, RDropObjective(_loss_fn(), alpha, "fp32", CPU), batches, 11)
     assert torch.equal(loss, plain_loss)
@@ -89,8 +76,8 @@ def _reference_grads(model, batch, alpha, seed, **options):
 def test_with_dropout_loss_and_gradients_match_a_hand_computation(soft):
     """Gradients flow through both passes, the KL included: with the second pass's distribution
     detached in the KL, the reference's gradients would differ."""
-    model = _tiny_bert(dropout=0.3)
-    batch = collate(_data(soft=soft), np.arange(11))
+    model = tiny_bert(dropout=0.3)
+    batch = collate(random_encoded(soft=soft), np.arange(11))
     expected, expected_grads, (z1, z2) = _reference_grads(model, batch, 2.0, seed=5)
     assert not torch.allclose(z1, z2, atol=1e-3)  # the passes really saw different dropout masks
 
@@ -105,8 +92,8 @@ def test_with_dropout_loss_and_gradients_match_a_hand_computation(soft):
 
 
 def test_under_bf16_autocast_the_loss_matches_the_hand_computation():
-    model = _tiny_bert(dropout=0.1)
-    batch = collate(_data(), np.arange(11))
+    model = tiny_bert(dropout=0.1)
+    batch = collate(random_encoded(), np.arange(11))
     loss, grads = _window(model, RDropObjective(_loss_fn(), 1.0, "bf16", CPU), [batch], 11, seed=2)
     expected, expected_grads, _ = _reference_grads(model, batch, 1.0, seed=2, precision="bf16")
     assert loss.dtype == torch.float32
@@ -119,8 +106,8 @@ def test_under_bf16_autocast_the_loss_matches_the_hand_computation():
 
 
 def test_alpha_zero_is_the_mean_of_the_two_passes_plain_losses():
-    model = _tiny_bert(dropout=0.3)
-    batch = collate(_data(), np.arange(11))
+    model = tiny_bert(dropout=0.3)
+    batch = collate(random_encoded(), np.arange(11))
     loss, _ = _window(model, RDropObjective(_loss_fn(), 0.0, "fp32", CPU), [batch], 11, seed=3)
     torch.manual_seed(3)
     plain = ClassifierObjective(_loss_fn(), "fp32", CPU)
@@ -130,8 +117,8 @@ def test_alpha_zero_is_the_mean_of_the_two_passes_plain_losses():
 
 
 def test_a_weight_zero_placeholder_batch_contributes_nothing():
-    model = _tiny_bert(dropout=0.3)
-    batch = dict(collate(_data(), np.arange(3)), weight=0.0)
+    model = tiny_bert(dropout=0.3)
+    batch = dict(collate(random_encoded(), np.arange(3)), weight=0.0)
     loss, grads = _window(model, RDropObjective(_loss_fn(), 1.0, "fp32", CPU), [batch], 1, seed=1)
     assert float(loss) == 0.0
     assert all(float(g.abs().max()) == 0.0 for g in grads.values())

@@ -5,26 +5,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from lib.core.device import make_grad_scaler, resolve_precision
-from lib.data.batching import EncodedTexts, collate
+from lib.data.batching import collate
 from lib.finetune.losses import FocalLoss
 from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
-
-
-def _tiny_bert(seed=0):
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, num_labels=3, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0, max_position_embeddings=32)
-    return BertForSequenceClassification(config)
-
-
-def _data(n=11, seed=0):
-    rng = np.random.default_rng(seed)
-    ids = [rng.integers(5, 50, size=rng.integers(3, 12)).astype(np.int32) for _ in range(n)]
-    return EncodedTexts(ids, rng.integers(0, 3, size=n), pad_token_id=0)
+from tests.tiny_encoders import random_encoded, tiny_bert
 
 
 def _grads(model):
@@ -34,15 +20,15 @@ def _grads(model):
 @pytest.mark.parametrize("split", [[4, 4, 3], [5, 6], [1, 10]])
 def test_accumulated_window_equals_one_large_batch(split):
     """Includes uneven windows: each micro-batch is divided by the window's sample count."""
-    data = _data()
+    data = random_encoded()
     loss_fn = FocalLoss(3, gamma=1.5, label_smoothing=0.1)
     scaler = make_grad_scaler("fp32", torch.device("cpu"))
     cpu = torch.device("cpu")
 
-    whole = _tiny_bert()
+    whole = tiny_bert()
     objective = ClassifierObjective(loss_fn, "fp32", cpu)
     full_loss = accumulate_window(whole, [collate(data, np.arange(11))], objective, WindowShare(11, scaler))
-    micro = _tiny_bert()
+    micro = tiny_bert()
     bounds = np.cumsum([0] + split)
     batches = [collate(data, np.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
     window_loss = accumulate_window(micro, batches, objective, WindowShare(11, scaler))
@@ -53,8 +39,8 @@ def test_accumulated_window_equals_one_large_batch(split):
 
 
 def test_padding_does_not_change_the_logits():
-    model = _tiny_bert().eval()
-    data = _data()
+    model = tiny_bert().eval()
+    data = random_encoded()
     alone = model(**{k: v for k, v in collate(data, np.array([0])).items() if k in ("input_ids", "attention_mask")})
     padded = model(**{k: v for k, v in collate(data, np.arange(11)).items() if k in ("input_ids", "attention_mask")})
     torch.testing.assert_close(alone.logits[0], padded.logits[0], rtol=1e-5, atol=1e-5)
