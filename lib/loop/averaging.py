@@ -1,9 +1,9 @@
 """Weights averaged alongside training: the extension point the loop calls after each optimizer step
-and at each epoch end (SWA today; an exponential moving average fits the same interface).
+and at each epoch end. `EpochSWA` averages epoch ends (--swa-start), `EMA` every step (--ema-decay).
 
-An averager keeps its average in fp32 on the CPU (a running mean in half precision drifts), saves
-its weights beside the loop's checkpoint and its counters in the loop state, so a resumed run
-continues the same average.
+An averager keeps its average in fp32 (a running mean in half precision drifts), saves its weights
+beside the loop's checkpoint and its counters in the loop state, so a resumed run continues the
+same average.
 """
 
 from __future__ import annotations

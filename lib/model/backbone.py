@@ -1,9 +1,11 @@
 """Tokenizer and classification model: from the hub, from a local folder, or built here offline.
 
-Every model goes through `AutoTokenizer` / `AutoModelForSequenceClassification.from_pretrained`.
-A `scratch:` preset is a small BERT whose WordPiece tokenizer is trained on the training split; it
-is saved with `save_pretrained` and loaded back through the same `from_pretrained` path, so a
-scratch run and a `klue/bert-base` run differ only in where the folder came from.
+Every model goes through `AutoTokenizer` and `load_classifier`, which asks a head
+(`lib.model.heads`) for the classifier: the model's own `AutoModelForSequenceClassification`, or a
+pooling head read back from a saved folder's config. A `scratch:` preset is a small BERT whose
+WordPiece tokenizer is trained on the training split; it is saved with `save_pretrained` and loaded
+back through the same path, so a scratch run and a `klue/bert-base` run differ only in where the
+folder came from.
 """
 
 from __future__ import annotations
