@@ -105,7 +105,7 @@ CATALOGUE = {
     "awp": "--adversarial awp --awp-lr 1e-4 --awp-eps 1e-2",
     "rdrop": "--rdrop-alpha 1.0",
     "pool-mean": "--pooling mean",
-    "msd": "--multi-sample-dropout 5",
+    "msd": "--pooling cls --multi-sample-dropout 5",
     "grad-ckpt": "--gradient-checkpointing true",
     "head+tail": "--truncation head+tail",
     "swa": "--swa-last-k 3",
