@@ -25,6 +25,7 @@ import logging
 import shutil
 import time
 
+import numpy as np
 import sklearn
 import torch
 
@@ -89,6 +90,18 @@ def train_classical(cfg: TrainConfig, *, overwrite: bool = False, argv: list[str
         test = predict_table(cfg, plan, preprocessor, None, model, cfg.test_file, CPU, show_progress=False)
         result["test_predicted_counts"] = class_distribution(test[1].argmax(axis=1), splits.num_labels)
 
+    run = _write_folder(cfg, overwrite, argv, plan, preprocessor, model, val, val_logits, test, result)
+    log.info("%s: %d train / %d val rows, %s features, fit in %.1f s (%d iterations); val loss %.4f  "
+             "accuracy %.4f  macro_f1 %.4f\n%s", run.path, len(train), len(val),
+             " + ".join(f"{n} {name}" for name, n in model.feature_counts.items()), fit_seconds, model.iterations,
+             metrics["loss"], metrics["accuracy"], metrics["macro_f1"], format_report(report))
+    return finish(run, overwrite)
+
+
+def _write_folder(cfg: TrainConfig, overwrite: bool, argv: list[str] | None, plan: ClassicalPlan,
+                  preprocessor: TextPreprocessor, model: TfidfClassifier, val, val_logits: np.ndarray,
+                  test: tuple[np.ndarray, np.ndarray] | None, result: dict) -> RunFolder:
+    """The unfinished run folder with everything a neural run has that applies; removed if writing fails."""
     run = new_run_folder(cfg.output_dir, cfg.run_name, cfg.model, overwrite)
     try:
         cfg.save(run.config)
@@ -104,9 +117,4 @@ def train_classical(cfg: TrainConfig, *, overwrite: bool = False, argv: list[str
     except BaseException:
         shutil.rmtree(run.path, ignore_errors=True)
         raise
-    log.info("%s: %d train / %d val rows, %s features, fit in %.1f s (%d iterations); val loss %.4f  "
-             "accuracy %.4f  macro_f1 %.4f\n%s", run.path, len(train), len(val),
-             " + ".join(f"{n} {name}" for name, n in model.feature_counts.items()), fit_seconds, model.iterations,
-             metrics["loss"], metrics["accuracy"], metrics["macro_f1"], format_report(report))
-    return finish(run, overwrite)
-
+    return run
