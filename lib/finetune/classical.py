@@ -36,7 +36,8 @@ from lib.data.tables import class_distribution
 from lib.finetune.config import CLASSICAL_MODEL, TrainConfig
 from lib.finetune.losses import FocalLoss
 from lib.finetune.metrics import classification_metrics, classification_report, format_report
-from lib.finetune.predict import ClassicalPlan, predict_table, write_predictions
+from lib.finetune.plan import ClassicalPlan
+from lib.finetune.predict import predict_table, write_predictions
 from lib.finetune.run_folder import RunFolder, finish, new_run_folder
 from lib.finetune.splits import load_splits
 from lib.loop.work_folder import environment_record

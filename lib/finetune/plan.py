@@ -12,7 +12,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from lib.core.errors import UserError
-from lib.finetune.config import TrainConfig
+from lib.finetune.config import CLASSICAL_MODEL, TrainConfig
 from lib.model.backbone import ScratchPreset, learning_rate_for
 
 # Random weights at a scratch preset's learning rate need warmup; pretrained models keep the HF default of 0.
@@ -73,3 +73,31 @@ def step_counts(cfg: TrainConfig, train_rows: int, world_size: int = 1,
     ratio = cfg.warmup_ratio if cfg.warmup_ratio is not None else SCRATCH_WARMUP_RATIO if from_scratch else 0.0
     warmup = cfg.warmup_steps if cfg.warmup_steps > 0 else math.ceil(total * ratio)
     return micro_batches, steps_per_epoch, total, warmup
+
+
+@dataclass(frozen=True)
+class ClassicalPlan:
+    """plan.json of a `--model tfidf` run: what applies of a TrainingPlan (no tokens, steps or precision)."""
+
+    kind: str  # CLASSICAL_MODEL
+    num_labels: int
+    label_names: list[str]
+    train_class_counts: list[int]
+    val_class_counts: list[int]
+    special_tokens: list[str]  # the preprocessor's, kept as words by the features
+    features: dict[str, int]  # terms per TF-IDF view
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, path: Path) -> "ClassicalPlan":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("kind") != CLASSICAL_MODEL:
+                raise ValueError(data.get("kind"))
+            return cls(**{f.name: data[f.name] for f in fields(cls)})
+        except FileNotFoundError:
+            raise UserError(f"{path}: missing; not a run folder written by train.py") from None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{path}: not a {CLASSICAL_MODEL} plan written by this version of train.py") from None

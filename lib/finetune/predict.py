@@ -7,10 +7,9 @@ config (`model == "tfidf"`); everything else reads both kinds of run alike.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,44 +25,12 @@ from lib.data.tables import Columns, class_distribution, read_table
 from lib.finetune.config import CLASSICAL_MODEL, TrainConfig
 from lib.finetune.evaluate import predict_logits
 from lib.finetune.metrics import format_distribution
-from lib.finetune.plan import TrainingPlan
+from lib.finetune.plan import ClassicalPlan, TrainingPlan
 from lib.finetune.run_folder import INCOMPLETE_SUFFIX, RunFolder
 from lib.model.backbone import load_classifier
 from lib.model.tfidf import TfidfClassifier
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ClassicalPlan:
-    """plan.json of a `--model tfidf` run: what applies of a TrainingPlan (no tokens, steps or precision).
-
-    Defined here, beside the reader that needs it, so that lib.finetune.classical (which writes it)
-    can import this module without a cycle.
-    """
-
-    kind: str  # CLASSICAL_MODEL
-    num_labels: int
-    label_names: list[str]
-    train_class_counts: list[int]
-    val_class_counts: list[int]
-    special_tokens: list[str]  # the preprocessor's, kept as words by the features
-    features: dict[str, int]  # terms per TF-IDF view
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def load(cls, path: Path) -> "ClassicalPlan":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("kind") != CLASSICAL_MODEL:
-                raise ValueError(data.get("kind"))
-            return cls(**{f.name: data[f.name] for f in fields(cls)})
-        except FileNotFoundError:
-            raise UserError(f"{path}: missing; not a run folder written by train.py") from None
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise UserError(f"{path}: not a {CLASSICAL_MODEL} plan written by this version of train.py") from None
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,8 @@ class FineTuning:
         self.store = CheckpointStore(s.run.path / "checkpoints", s.run.best, s.tokenizer, self.selector,
                                      cfg.swa_last_k)
         self.averagers = self._averagers()
+        self.swa_start_step = (swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs)) * plan.steps_per_epoch
+                               if cfg.swa_start is not None else None)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.padding_efficiency = padding_efficiency(s.train_data.lengths, epoch_batches(cfg, s.train_data, 0, 1))
         self.pending_loss = torch.zeros((), device=s.device)  # summed on the device; read when logging
@@ -348,7 +350,7 @@ class FineTuning:
         schedule = lambda at: lr_multiplier(cfg.lr_scheduler_type, at, plan.warmup_steps, plan.total_steps)
         if cfg.swa_lr is None:
             return schedule(step)
-        start = swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs)) * plan.steps_per_epoch
+        start = self.swa_start_step
         if step < start:
             return schedule(step)
         anneal = cfg.swa_anneal_steps if cfg.swa_anneal_steps is not None else plan.steps_per_epoch
