@@ -21,7 +21,8 @@ def main(argv: list[str]) -> int:
     parser = CliParser(prog="predict.py", description=__doc__.splitlines()[0],
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("run", type=Path, help="finished run folder, or an ensemble folder from ensemble.py vote")
-    parser.add_argument("--test", type=Path, default=Path("data/test.csv"), help="CSV with id and text columns")
+    parser.add_argument("--test", type=Path, default=Path("data/test.csv"),
+                        help="table (.csv, .tsv, .jsonl, .parquet, ...) with id and text columns")
     parser.add_argument("--out", type=Path, default=Path("submission.csv"), help="where to write ID,pred")
     parser.add_argument("--model", default=None,
                         help="which model of the run: best, last, swa or ema (default: the one the run kept)")

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from lib.core.errors import UserError
 from lib.data.batching import EncodedTexts, collate
+from lib.data.tables import read_frame
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +29,14 @@ _ENCODE_CHUNK = 10_000  # texts per tokenizer call: bounds memory on half a mill
 
 
 def read_texts(paths: Sequence[str | Path], column: str = "review") -> list[str]:
-    """Non-empty texts of `column` from CSV files (.csv or .csv.gz), in file order, for pretraining."""
+    """Non-empty texts of `column` from tables (any format `read_frame` reads), in file order, for pretraining."""
     texts: list[str] = []
     for path in map(Path, paths):
-        if not path.is_file():
-            raise UserError(f"--texts: file not found: {path}")
-        try:
-            header = pd.read_csv(path, nrows=0).columns
-            if column not in header:
-                raise UserError(f"--texts {path}: no column {column!r} (set --text-column); the file has "
-                                + ", ".join(map(repr, header)))
-            frame = pd.read_csv(path, usecols=[column], dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as error:
-            raise UserError(f"--texts {path}: not a readable CSV file ({str(error).splitlines()[0]})") from None
-        column_texts = frame[column].str.strip()
+        frame = read_frame(path, "--texts")
+        if column not in frame.columns:
+            raise UserError(f"--texts {path}: no column {column!r} (set --text-column); the file has "
+                            + ", ".join(map(repr, frame.columns)))
+        column_texts = frame[column].fillna("").str.strip()
         kept = column_texts[column_texts != ""].tolist()
         log.info("%s: %d texts (%d empty skipped)", path, len(kept), len(column_texts) - len(kept))
         texts.extend(kept)

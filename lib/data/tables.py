@@ -1,12 +1,16 @@
-"""Reading labelled and unlabelled CSVs, validating them, and the seeded stratified split.
+"""Reading labelled and unlabelled tables, validating them, and the seeded stratified split.
 
-Every problem with an input file becomes a one-line `UserError` naming the file and column, so a
-user never sees a pandas traceback for a misnamed column or a stray label.
+Every script reads its input files through `read_frame`: CSV, tab-separated, JSON Lines (each also
+gzipped) and Parquet, picked by the extension. Every problem with an input file becomes a one-line
+`UserError` naming the file and column, so a user never sees a pandas traceback for a misnamed
+column or a stray label.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,23 +46,89 @@ class Columns:
     label: str
 
 
-def read_table(path: str | Path, columns: Columns, *, labelled: bool, flag: str) -> TextTable:
-    """Read a CSV; `flag` names the option that pointed to it, for error messages."""
-    path = Path(path)
+# extension (before any .gz) -> format; a .csv or .txt is sniffed for tabs
+_FORMATS = {".csv": "csv", ".txt": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
+_SUPPORTED = ".csv, .tsv, .txt, .jsonl (each also .gz) and .parquet"
+_DESCRIPTIONS = {"csv": "CSV", "tsv": "tab-separated", "jsonl": "JSON Lines", "parquet": "Parquet"}
+
+
+def _table_format(path: Path, flag: str) -> tuple[str, bool]:
+    """(format, gzipped) as the name of `path` says; refuses a name no reader knows."""
+    name = path.name.lower()
+    gzipped = name.endswith(".gz")
+    fmt = _FORMATS.get(Path(name.removesuffix(".gz")).suffix)
+    if fmt is None or (gzipped and fmt == "parquet"):
+        raise UserError(f"{flag} {path}: unsupported file type; expected {_SUPPORTED}")
+    return fmt, gzipped
+
+
+def read_frame(path: str | Path, flag: str) -> pd.DataFrame:
+    """Every column of the table at `path` as text, empty cells as NaN, whatever the format.
+
+    Logs the file, its format and its row count, so a user sees how a file was read.
+    """
+    frame, described = _load(Path(path), flag)
+    log.info("%s: %s, %d rows", path, described, len(frame))
+    return frame
+
+
+def table_columns(path: str | Path, flag: str) -> list[str]:
+    """The column names, for a check made before any model loads; the later `read_frame` reports the file."""
+    return list(_load(Path(path), flag, nrows=1)[0].columns)
+
+
+def _load(path: Path, flag: str, nrows: int | None = None) -> tuple[pd.DataFrame, str]:
+    """(the table, how it was read); `nrows` bounds the rows read where the format allows."""
     if not path.is_file():
         raise UserError(f"{flag}: file not found: {path}")
+    fmt, gzipped = _table_format(path, flag)
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise UserError(f"{path}: not a readable CSV file ({str(error).splitlines()[0]})") from None
+        sniffed = fmt == "csv" and _has_tab_header(path, gzipped)
+        frame = _read(path, "tsv" if sniffed else fmt, flag, nrows)
+    except (ValueError, OSError, EOFError, zlib.error) as error:
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise UserError(f"{path}: not a readable {_DESCRIPTIONS[fmt]} file ({reason})") from None
+    described = "tab-separated (a tab in the header)" if sniffed else _DESCRIPTIONS[fmt]
+    return frame, described + (", gzip" if gzipped else "")
+
+
+def _has_tab_header(path: Path, gzipped: bool) -> bool:
+    """A header with more tabs than commas: spreadsheets save TSV under .csv and .txt names too."""
+    with (gzip.open if gzipped else open)(path, "rt", encoding="utf-8", errors="replace") as f:
+        header = f.readline()
+    return header.count("\t") > header.count(",")
+
+
+def _read(path: Path, fmt: str, flag: str, nrows: int | None) -> pd.DataFrame:
+    if fmt == "parquet":
+        try:
+            return _as_text(pd.read_parquet(path))
+        except ImportError:
+            raise UserError(f"{flag} {path}: reading Parquet needs pyarrow, which is not installed "
+                            "(pip install pyarrow)") from None
+    if fmt == "jsonl":  # dtype=False: no guessing of dates and numbers from the values
+        return _as_text(pd.read_json(path, lines=True, dtype=False, nrows=nrows))
+    return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", dtype=str, keep_default_na=False, na_values=[""],
+                       nrows=nrows)
+
+
+def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    """JSON and Parquet keep numbers as numbers; as text, as a CSV's cells, the same checks apply."""
+    return frame.apply(lambda column: column.map(str, na_action="ignore")).replace("", np.nan)
+
+
+def read_table(path: str | Path, columns: Columns, *, labelled: bool, flag: str) -> TextTable:
+    """Read a table (see `read_frame`); `flag` names the option that pointed to it, for error messages."""
+    path = Path(path)
+    frame = read_frame(path, flag)
+    if len(frame) == 0:
+        raise UserError(f"{path}: no rows")
     wanted = [columns.id, columns.text] + ([columns.label] if labelled else [])
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
         option = {columns.id: "--id-column", columns.text: "--text-column", columns.label: "--label-column"}
         hints = ", ".join(f"{c!r} (set {option[c]})" for c in missing)
         raise UserError(f"{path}: missing column {hints}; the file has {', '.join(map(repr, frame.columns))}")
-    if len(frame) == 0:
-        raise UserError(f"{path}: no rows")
     ids = frame[columns.id]
     if ids.isna().any():
         raise UserError(f"{path}: column {columns.id!r} has {int(ids.isna().sum())} empty ids")
@@ -77,8 +147,10 @@ def _parse_labels(column: pd.Series, path: Path, name: str) -> np.ndarray:
     numbers = pd.to_numeric(column, errors="coerce")
     bad = column[numbers.isna() | (numbers != numbers.round())]
     if len(bad):
-        row = int(bad.index[0]) + 2  # header is line 1
-        raise UserError(f"{path}: column {name!r} must hold integer labels; line {row} has "
+        index, fmt = int(bad.index[0]), _table_format(path, "")[0]
+        # line 1 of a CSV or TSV is its header; Parquet has no lines
+        where = f"row {index + 1}" if fmt == "parquet" else f"line {index + (1 if fmt == 'jsonl' else 2)}"
+        raise UserError(f"{path}: column {name!r} must hold integer labels; {where} has "
                         f"{bad.iloc[0]!r} ({len(bad)} such rows)")
     labels = numbers.to_numpy(dtype=np.int64)
     if labels.min() < 0:

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from lib.core.errors import UserError
-from lib.data.tables import positions
+from lib.data.tables import positions, table_columns
 from lib.ensemble.pooling import equal_weights, pool
 from lib.finetune.config import TrainConfig
 from lib.finetune.predict import load_run, predict_table
@@ -142,12 +141,7 @@ def align_validation(members: list[Member]) -> AlignedValidation:
 
 def check_test_columns(path: Path, members: list[Member]) -> None:
     """The test file must have every member's id and text column, before any model is loaded."""
-    if not Path(path).is_file():
-        raise UserError(f"--test: file not found: {path}")
-    try:
-        header = pd.read_csv(path, nrows=0).columns
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-        raise UserError(f"--test {path}: not a readable CSV file") from None
+    header = table_columns(path, "--test")
     for member in members:
         missing = [c for c in (member.id_column, member.text_column) if c not in header]
         if missing:

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from lib.core.errors import UserError
-from lib.data.tables import (Columns, TextTable, add_derived_rows, check_label_range, positions, read_table,
-                             stratified_fold, stratified_sample, stratified_split)
+from lib.data.tables import (Columns, TextTable, add_derived_rows, check_label_range, class_distribution, positions,
+                             read_table, stratified_fold, stratified_sample, stratified_split)
 from lib.finetune.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ def load_splits(cfg: TrainConfig) -> Splits:
     num_labels = cfg.num_labels or int(max(train.labels.max(), val.labels.max())) + 1
     check_label_range(train, num_labels, cfg.train_file, cfg.label_column)
     check_label_range(val, num_labels, cfg.val_file or cfg.train_file, cfg.label_column)
+    _check_every_class_trains(train, num_labels, cfg)
     if len(cfg.label_names) != num_labels:
         raise UserError(f"--label-names: {len(cfg.label_names)} names given for {num_labels} classes "
                         f"in {cfg.train_file}; pass {num_labels} comma-separated names")
@@ -137,3 +138,18 @@ def load_splits(cfg: TrainConfig) -> Splits:
         labelled_ids = np.concatenate([table.ids, val.ids]) if cfg.val_file else table.ids
         distilled = load_distilled(cfg, labelled_ids, num_labels)
     return Splits(train, val, num_labels, tuple(cfg.label_names), distilled)
+
+
+def _check_every_class_trains(train: TextTable, num_labels: int, cfg: TrainConfig) -> None:
+    """A class without training rows is never learnt and its scores in the report mislead; an explicit
+    --num-labels says the user knows, so then a warning is enough."""
+    missing = [k for k, count in enumerate(class_distribution(train.labels, num_labels)) if count == 0]
+    if not missing:
+        return
+    classes = ", ".join(map(str, missing))
+    if cfg.num_labels is None:
+        raise UserError(f"--train-file {cfg.train_file}: the training split has no row of class {classes} of "
+                        f"0..{num_labels - 1} (inferred as max(label)+1); give --num-labels {num_labels} to train "
+                        "without them")
+    log.warning("%s: the training split has no row of class %s of 0..%d (--num-labels %d)", cfg.train_file,
+                classes, num_labels - 1, num_labels)

@@ -36,7 +36,8 @@ class PretrainConfig:
 
     # data
     texts: tuple[str, ...] = field(default=(), metadata=option(
-        "CSV files (.csv or .csv.gz) whose text column is pretraining text; exact duplicates are dropped",
+        "tables (.csv, .tsv, .txt, .jsonl, each also .gz, or .parquet) whose text column is pretraining text; "
+        "exact duplicates are dropped",
         "data", nargs="+", shown="required"))
     text_column: str = field(default="review", metadata=option("name of the text column in every file", "data"))
     eval_texts: int = field(default=2000, metadata=option(
@@ -135,7 +136,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         if not self.texts:
-            raise UserError("--texts: give at least one CSV file of pretraining texts")
+            raise UserError("--texts: give at least one file of pretraining texts")
         if (self.preset is None) == (self.init is None):
             raise UserError("--preset and --init: give one of them (a new model, or one to continue)")
         if not self.run_name:
