@@ -23,6 +23,12 @@ pruning reaches with 20 and 40 trials (the saving factor), and regret at fixed e
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (python bench/pruning.py): import from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import math
 import multiprocessing

@@ -15,6 +15,12 @@ problem paired Wilcoxon p-values (Holm-corrected), and milliseconds per suggesti
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (python bench/search.py): import from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import math
@@ -22,7 +28,6 @@ import multiprocessing
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -82,10 +82,10 @@ def test_an_overflowing_fp16_step_is_skipped_and_reported():
     assert optimizer_step([w], optimizer, scaler, max_grad_norm=10.0).applied
 
 
-def test_precision_resolution_on_cpu():
+def test_an_explicit_precision_is_kept_or_refused_on_cpu():
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == "fp32"
-    assert resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("bf16", cpu, 128) == ("bf16", "as asked")
+    assert resolve_precision("fp32", cpu, 1024) == ("fp32", "as asked")
     from lib.core.errors import UserError
     with pytest.raises(UserError, match="--precision fp16"):
         resolve_precision("fp16", cpu)

@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers.utils import logging as hf_logging
@@ -17,10 +17,27 @@ log = logging.getLogger(__name__)
 
 
 class CliParser(argparse.ArgumentParser):
-    """argparse that reports a bad flag as a UserError (one line, exit status 2) instead of usage text."""
+    """argparse that reports a bad flag as a UserError (one line, exit status 2) instead of usage text,
+    and reads underscores in a flag's name as dashes: a W&B agent writes `--learning_rate=3e-5`."""
 
     def error(self, message: str) -> None:
         raise UserError(message)
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):
+        return super().parse_known_args(dashed_flags(sys.argv[1:] if args is None else args), namespace)
+
+
+def dashed_flags(argv: Sequence[str]) -> list[str]:
+    """`--a_b=c_d` as `--a-b=c_d`: only a flag's name changes, never a value, and nothing after a bare `--`."""
+    dashed: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return dashed + list(argv[i:])
+        if arg.startswith("--"):
+            name, equals, value = arg.partition("=")
+            arg = name.replace("_", "-") + equals + value
+        dashed.append(arg)
+    return dashed
 
 
 def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:

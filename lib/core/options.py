@@ -3,14 +3,17 @@
 A config class declares each field with `option(help, group, ...)`, its checks included: choices,
 a range with open or closed ends, or a parser of its own. Every value, whatever its source (a flag's
 text, an experiment file, a sweep, a resumed run's saved config), goes through `convert`, which
-parses it as the flag would and checks it, so no route into a config skips a check. A refusal is
-one line that names the option as its flag, the source when it is a file, the value and what was
-expected. Rules that tie several fields together stay in each config's `__post_init__`.
+parses it as the flag would and checks it, so no route into a config skips a check. The forms a W&B
+agent writes read the same as ours: `True`/`False` (a bool flag alone means true), `None`, a list
+as `[0.1, 0.2]`. A refusal is one line that names the option as its flag, the source when it is
+a file, the value and what was expected. Rules that tie several fields together stay in each
+config's `__post_init__`.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import numbers
@@ -59,7 +62,7 @@ def option(help: str, group: str, *, aliases: Sequence[str] = (), choices: Seque
     """Field metadata. The type comes from the annotation (`int | None` takes 'none'); `choices` and the
     range (`at_least`/`above` and `at_most`/`below`) apply to each element of a tuple; `parse` replaces
     the annotation's parser (raising ValueError), and `expects` then says in words what it accepts;
-    `flag` takes no value (store_true); `shown` is the default as --help states it."""
+    `flag` marks a switch, whose default --help shows as 'off'; `shown` is the default as --help states it."""
     return {"help": help, "group": group, "aliases": tuple(aliases), "choices": tuple(choices) if choices else None,
             "range": _range(at_least, above, at_most, below), "parse": parse, "expects": expects, "nargs": nargs,
             "flag": flag, "shown": shown}
@@ -164,20 +167,43 @@ def _check(f: dataclasses.Field, value: Any, source: str | None = None, given: A
             raise _refusal(f, shown, source)
 
 
+def _takes_list(f: dataclasses.Field) -> bool:
+    return bool(f.metadata["nargs"]) or "tuple[" in str(f.type)
+
+
+def _bracketed_list(value: Any) -> Any:
+    """A list written as text, as a W&B agent passes one (Python's repr: `[0.11, 0.45]`, `['a', 'b']`;
+    a JSON list of numbers or strings reads the same), as that list; any other value as it is. A
+    multi-value flag given `--texts=[...]` holds that text as its only item, and is read the same way."""
+    text = value[0] if isinstance(value, (list, tuple)) and len(value) == 1 else value
+    if not (isinstance(text, str) and text.strip().startswith("[") and text.strip().endswith("]")):
+        return value
+    try:
+        items = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        raise ValueError(text) from None
+    if not isinstance(items, list):
+        raise ValueError(text)
+    return items
+
+
 def convert(f: dataclasses.Field, value: Any, source: str | None = None) -> Any:
     """A value from any source as the field's type, checked: text as its flag would parse it, a file's
     number, list or bool through the same parser; `source` (a file, a sweep) is named in a refusal."""
-    if value is None:
-        converted = None
-    elif f.metadata["nargs"]:
-        converted = tuple(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
-    else:
-        text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
-        try:
+    given = value
+    try:
+        if _takes_list(f):
+            value = _bracketed_list(value)
+        if value is None:
+            converted = None
+        elif f.metadata["nargs"]:
+            converted = tuple(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+        else:
+            text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
             converted = _parser(f)(text)
-        except ValueError:
-            raise _refusal(f, value, source) from None
-    _check(f, converted, source, given=value)
+    except ValueError:
+        raise _refusal(f, given, source) from None
+    _check(f, converted, source, given=given)
     return converted
 
 
@@ -240,8 +266,10 @@ def add_options(parser: argparse.ArgumentParser, config_class: type) -> None:
         shown = meta["shown"] or ("off" if meta["flag"] else
                                   ",".join(f.default) if isinstance(f.default, tuple) else f.default)
         help_text = f"{meta['help']} (default: {shown})".replace("%", "%%")
-        if meta["flag"]:
-            group.add_argument(*flags, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        if _annotation(f)[0] == "bool":
+            # alone it means true; a value is read as in a file (`--compile=False`, as a W&B agent writes it)
+            group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, nargs="?", const=True,
+                               metavar="true|false", help=help_text, type=lambda text, f=f: convert(f, text))
         elif meta["nargs"]:
             group.add_argument(*flags, dest=f.name, default=argparse.SUPPRESS, nargs=meta["nargs"], help=help_text)
         else:

@@ -1,9 +1,10 @@
 """The evaluations' checkpoints of one fine-tuning run: the one owner of what is kept and of best/.
 
 Every evaluation saves its weights and validation logits under `checkpoints/step-N/`. Selection
-(under --max-loss-increase it can still move back to an earlier evaluation) and SWA over the last K
-epoch ends may need an earlier checkpoint; the store keeps exactly those, deletes the rest, and
-copies the selected one to `best/` the moment the selection changes.
+(under --max-loss-increase it can still move back to an earlier evaluation) and SWA over K epoch
+ends (the last K, or with --swa-select best|greedy those that can still rank among the K best) may
+need an earlier checkpoint; the store keeps exactly those, deletes the rest, and copies the
+selected one to `best/` the moment the selection changes.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ LOGITS_FILE = "val_logits.npy"
 
 class CheckpointStore:
     def __init__(self, root: Path, best: Path, tokenizer: PreTrainedTokenizerBase, selector: CheckpointSelector,
-                 swa_last_k: int) -> None:
+                 swa_last_k: int, swa_select: str = "last") -> None:
         self.root, self.best, self.tokenizer = root, best, tokenizer
-        self.selector, self.swa_last_k = selector, swa_last_k
+        self.selector, self.swa_last_k, self.swa_select = selector, swa_last_k, swa_select
 
     def folder(self, step: int) -> Path:
         return self.root / f"step-{step}"
@@ -47,8 +48,13 @@ class CheckpointStore:
 
     def prune(self, epoch_end_steps: list[int]) -> None:
         """Delete every checkpoint that neither selection nor the post-hoc SWA can still use."""
-        keep = self.selector.may_be_selected_later() | set(epoch_end_steps[-self.swa_last_k:]
-                                                           if self.swa_last_k else [])
+        if not self.swa_last_k:
+            averaged = set()
+        elif self.swa_select == "last":
+            averaged = set(epoch_end_steps[-self.swa_last_k:])
+        else:
+            averaged = self.selector.may_rank_among_best(epoch_end_steps, self.swa_last_k)
+        keep = self.selector.may_be_selected_later() | averaged
         if not self.root.is_dir():
             return
         for folder in self.root.iterdir():

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from lib.core.cli import CliParser
 from lib.core.device import DEVICE_FORMS, PRECISIONS, parse_device
 from lib.core.errors import UserError
+from lib.core.metrics_logger import REPORT_TO, REPORT_TO_EXPECTED, parse_report_to
 from lib.core.options import add_options, check_fields, coerce, option, read_config_file, to_dict
 from lib.data.augment import parse_augment_spec
 from lib.data.preprocess import (DEFAULT_MAX_CHAR_REPEAT, DEFAULT_NORMALIZATION, DEFAULT_SPECIAL_PATTERNS,
@@ -55,15 +56,16 @@ class TrainConfig:
 
     # data
     train_file: str = field(default="data/train.csv", metadata=option(
-        "CSV with the training rows (ID, text, label columns)", "data"))
+        "table with the training rows (ID, text, label columns): .csv, .tsv, .txt, .jsonl (each also .gz) "
+        "or .parquet", "data"))
     val_file: str | None = field(default=None, metadata=option(
-        "CSV with validation rows; default: a stratified split of --train-file", "data"))
+        "table with validation rows; default: a stratified split of --train-file", "data"))
     augmented_train_file: str | None = field(default=None, metadata=option(
-        "CSV of rows derived from training rows (ids '<source id>_<suffix>', as backtranslate.py writes); "
+        "table of rows derived from training rows (ids '<source id>_<suffix>', as backtranslate.py writes); "
         "only those whose source row is in the training split are added to it, so nothing made from a "
         "validation row leaks", "data"))
     unlabeled_file: str | None = field(default=None, metadata=option(
-        "CSV of unlabelled rows (ID, text) trained on with a teacher's class probabilities as soft targets "
+        "table of unlabelled rows (ID, text) trained on with a teacher's class probabilities as soft targets "
         "(distillation / self-training); needs --teacher-logits", "data"))
     teacher_logits: str | None = field(default=None, metadata=option(
         "the teacher's scores of the --unlabeled-file rows: the .npz of `predict.py <run or ensemble> "
@@ -71,7 +73,7 @@ class TrainConfig:
     distill_temperature: float = field(default=1.0, metadata=option(
         "soft targets are softmax(teacher score / T); T > 1 flattens them", "data", above=0))
     test_file: str | None = field(default=None, metadata=option(
-        "CSV to predict after training; writes submission.csv into the run folder", "data"))
+        "table to predict after training; writes submission.csv into the run folder", "data"))
     id_column: str = field(default="ID", metadata=option("name of the row-id column", "data"))
     text_column: str = field(default="review", metadata=option("name of the text column", "data"))
     label_column: str = field(default="label", metadata=option("name of the integer label column", "data"))
@@ -88,7 +90,8 @@ class TrainConfig:
     max_train_samples: int | None = field(default=None, metadata=option(
         "use only this many training rows (stratified), for quick runs", "data", at_least=1))
     num_labels: int | None = field(default=None, metadata=option(
-        "number of classes K; default: inferred as max(label)+1", "data", at_least=2))
+        "number of classes K; default: inferred as max(label)+1, and then every class needs a training row",
+        "data", at_least=2))
     label_names: tuple[str, ...] = field(default=NSMC4_LABEL_NAMES, metadata=option(
         "comma-separated class names for reports, one per label 0..K-1", "data"))
 
@@ -233,8 +236,17 @@ class TrainConfig:
 
     # weight averaging
     swa_last_k: int = field(default=0, metadata=option(
-        "after training, average the weights of the last K epoch ends into swa/ (0 = off)", "averaging",
-        at_least=0))
+        "after training, average the weights of K epoch ends into swa/ (0 = off); --swa-select says which",
+        "averaging", at_least=0))
+    swa_select: str = field(default="last", metadata=option(
+        "which epoch ends --swa-last-k K averages: last = the last K; best = the K best by "
+        "--metric-for-best-model among those --max-loss-increase admits; greedy = from the best one, add each "
+        "next best only if the average scores better on validation", "averaging",
+        choices=("last", "best", "greedy")))
+    init_seed: int | None = field(default=None, metadata=option(
+        "seed of the initial weights a run draws (a scratch: model, a new head, re-initialised layers); runs "
+        "with one --init-seed and different --seed start from the same weights, so ensemble.py soup can "
+        "average them", "model", shown="--seed"))
     swa_start: float | None = field(default=None, metadata=option(
         "average during training from this epoch on (1-based epoch, or a fraction of the epochs)", "averaging",
         above=0, expects="a 1-based epoch or a fraction in (0, 1)"))
@@ -253,7 +265,8 @@ class TrainConfig:
     # run
     seed: int = field(default=42, metadata=option("seed for the model init, dropout and batch order", "run"))
     precision: str = field(default="auto", metadata=option(
-        "auto = fp16 + GradScaler on CUDA (bf16 where supported), fp32 on CPU", "run", choices=PRECISIONS))
+        "auto = bf16 on CUDA where supported (else fp16 + GradScaler); on a CPU bf16 with AMX/avx512_bf16 for models "
+        "at least 256 wide, else fp32", "run", choices=PRECISIONS))
     device: str = field(default="auto", metadata=option(DEVICE_FORMS, "run", parse=parse_device,
                                                         expects=DEVICE_FORMS))
     ddp_backend: str = field(default="auto", metadata=option(
@@ -269,6 +282,10 @@ class TrainConfig:
         "folder caching tokenised splits and scratch tokenizers across runs (--no-cache: off)", "run"))
     run_name: str | None = field(default=None, metadata=option(
         "run folder name; default: <date>-<time>-<model>", "run"))
+    report_to: tuple[str, ...] = field(default=("tensorboard",), metadata=option(
+        "where metrics go besides metrics.jsonl: tensorboard, wandb (W&B under the HF Trainer's names; an "
+        "optional extra: pip install -r requirements-wandb.txt), both comma-separated, or none", "run",
+        parse=parse_report_to, choices=REPORT_TO, expects=REPORT_TO_EXPECTED))
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -287,6 +304,8 @@ class TrainConfig:
             raise UserError("--loss ce: --gamma and --alpha only apply to focal loss (use --loss focal)")
         if self.swa_start is not None and self.swa_last_k:
             raise UserError("--swa-start and --swa-last-k: average during training or after it, not both")
+        if self.swa_select != "last" and not self.swa_last_k:
+            raise UserError(f"--swa-select {self.swa_select}: needs --swa-last-k K, the most epoch ends to average")
         if self.swa_lr is not None and self.swa_start is None:
             raise UserError("--swa-lr: needs --swa-start")
         if self.keep == "swa" and not self.averages_weights:
@@ -320,9 +339,9 @@ class TrainConfig:
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         neural = ("pooling", "multi_sample_dropout", "reinit_top_layers", "gradient_checkpointing",
                   "layer_lr_decay", "head_learning_rate", "rdrop_alpha", "adversarial", "ema_decay", "swa_last_k",
-                  "swa_start", "dropout_rate", "augment", "compile", "unlabeled_file", "max_tokens_per_batch",
-                  "gradient_accumulation_steps", "learning_rate", "focal_loss_gamma", "focal_loss_alpha",
-                  "label_smoothing_factor", "early_stopping_patience", "eval_steps")
+                  "swa_start", "init_seed", "dropout_rate", "augment", "compile", "unlabeled_file",
+                  "max_tokens_per_batch", "gradient_accumulation_steps", "learning_rate", "focal_loss_gamma",
+                  "focal_loss_alpha", "label_smoothing_factor", "early_stopping_patience", "eval_steps")
         given = [name for name in neural if getattr(self, name) != defaults[name]]
         if given:
             raise UserError(f"--model {CLASSICAL_MODEL}: trains no neural network; "

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from transformers import PreTrainedModel
 
 from lib.core.distributed import Distributed
@@ -95,6 +96,7 @@ def _finish_main(s: Session, trained: TrainedRun, overwrite: bool) -> RunFolder:
                                          s.device, s.show_progress)
         write_predictions(s.run.submission, ids, test_logits, cfg.id_column)
         result["test_predicted_counts"] = class_distribution(test_logits.argmax(axis=1), plan.num_labels)
+    trained.logger.summary(result)
     s.run.write_json(s.run.result, result)
     trained.store.remove()
     (existing_directory(s.run.last) / "training_state.pt").unlink(missing_ok=True)
@@ -104,35 +106,92 @@ def _finish_main(s: Session, trained: TrainedRun, overwrite: bool) -> RunFolder:
 
 
 def _averaged_model(s: Session, trained: TrainedRun, models: dict, logits: dict) -> PreTrainedModel | None:
-    """Build, evaluate and save swa/; with --swa-last-k K also report the averages of k < K."""
-    cfg, plan, loop = s.cfg, s.plan, trained.loop
-    load = lambda folder: load_classifier(folder, plan.num_labels, plan.label_names, None)
+    """Build, evaluate and save swa/: with --swa-last-k K the epoch ends --swa-select picks, with
+    --swa-start the average kept during training."""
+    cfg = s.cfg
     if cfg.swa_last_k:
-        ends = loop.epoch_end_steps
-        if len(ends) < cfg.swa_last_k:
-            log.warning("--swa-last-k %d: only %d epoch end(s) to average", cfg.swa_last_k, len(ends))
-        candidates = {k: ends[-k:] for k in range(1, min(cfg.swa_last_k, len(ends)) + 1)}
+        order = _epoch_ends_to_average(cfg.swa_last_k, cfg.swa_select, trained)
+        if not order:
+            log.warning("--swa-last-k %d: no epoch end to average; no swa/", cfg.swa_last_k)
+            return None
+        average = _greedy_average if cfg.swa_select == "greedy" else _average_each_k
+        averaged, logits["swa"] = average(s, trained, order, models)
     elif "swa" in trained.averages:
-        candidates = {trained.averages["swa"][1]: None}
+        averaged, updates = trained.averages["swa"]
+        metrics, logits["swa"] = _evaluate(s, trained, averaged)
+        models["swa"] = {"averaged_steps": None, **metrics}
+        log.info("SWA of %d epoch end(s) during training: val loss %.4f  accuracy %.4f  macro_f1 %.4f",
+                 updates, metrics["loss"], metrics["accuracy"], metrics["macro_f1"])
     else:
         return None
-    averaged = k_logits = None
-    for k, steps in candidates.items():
-        averaged = (trained.averages["swa"][0] if steps is None
-                    else swa.average_checkpoints([trained.store.folder(step) for step in steps], load))
-        averaged.to(s.device)
-        k_logits = gathered_logits(averaged, s.val_data, cfg.per_device_eval_batch_size, plan.precision, s.device,
-                                   s.show_progress, Distributed())
-        metrics = classification_metrics(k_logits, s.splits.val.labels, trained.val_loss, plan.label_names)
-        models[f"swa_{k}"] = {"averaged_steps": steps, **metrics}
-        log.info("SWA of the last %d epoch end(s): val loss %.4f  accuracy %.4f  macro_f1 %.4f",
-                 k, metrics["loss"], metrics["accuracy"], metrics["macro_f1"])
-    models["swa"] = models.pop(f"swa_{k}")
-    logits["swa"] = k_logits
     with atomic_directory(s.run.path / "swa") as folder:
         averaged.save_pretrained(folder)
         s.tokenizer.save_pretrained(folder)
     return averaged
+
+
+def _epoch_ends_to_average(k: int, select: str, trained: TrainedRun) -> list[int]:
+    """Up to `k` epoch-end steps in the order they join the average: the latest first (`last`), or the
+    best eligible first by the selection metric (`best`, `greedy`)."""
+    ends = trained.loop.epoch_end_steps
+    order = ends[::-1][:k] if select == "last" else trained.selector.ranked(ends)[:k]
+    if len(order) < k:
+        log.warning("--swa-last-k %d: only %d %sepoch end(s) to average", k, len(order),
+                    "" if select == "last" else "eligible ")
+    return order
+
+
+def _average_each_k(s: Session, trained: TrainedRun, order: list[int],
+                    models: dict) -> tuple[PreTrainedModel, np.ndarray]:
+    """Average the first k of `order` for every k, reported as swa_k; the average of all of them is swa."""
+    for k in range(1, len(order) + 1):
+        steps = sorted(order[:k])
+        averaged = swa.average_checkpoints([trained.store.folder(step) for step in steps], _loader(s))
+        metrics, k_logits = _evaluate(s, trained, averaged)
+        models[f"swa_{k}"] = {"averaged_steps": steps, **metrics}
+        log.info("SWA of %d epoch end(s) %s: val loss %.4f  accuracy %.4f  macro_f1 %.4f", k, steps,
+                 metrics["loss"], metrics["accuracy"], metrics["macro_f1"])
+    models["swa"] = models.pop(f"swa_{k}")
+    return averaged, k_logits
+
+
+def _greedy_average(s: Session, trained: TrainedRun, order: list[int],
+                    models: dict) -> tuple[PreTrainedModel, np.ndarray]:
+    """A greedy soup of the run's checkpoints: from the best epoch end, each next best joins only if the
+    average then scores strictly better on the selection metric and stays inside --max-loss-increase.
+
+    swa_k reports the k-th average tried (`joined`: whether its last step stayed); swa is the soup.
+    """
+    selector = trained.selector
+    trials: list[tuple[list[int], int, dict]] = []  # (steps averaged, the step that was added, metrics)
+
+    def evaluate(steps: list[int]) -> tuple[dict, np.ndarray, PreTrainedModel]:
+        averaged = swa.average_checkpoints([trained.store.folder(step) for step in sorted(steps)], _loader(s))
+        metrics, val_logits = _evaluate(s, trained, averaged)
+        trials.append((sorted(steps), steps[-1], metrics))
+        log.info("greedy SWA, trying steps %s: val loss %.4f  accuracy %.4f  macro_f1 %.4f", sorted(steps),
+                 metrics["loss"], metrics["accuracy"], metrics["macro_f1"])
+        return metrics, val_logits, averaged
+
+    keeps = lambda trial, current: selector.eligible(trial[0]) and selector.better(trial[0], current[0])
+    soup, (metrics, val_logits, averaged) = swa.greedy_soup(order, evaluate, keeps)
+    for k, (steps, added, trial_metrics) in enumerate(trials, start=1):
+        models[f"swa_{k}"] = {"averaged_steps": steps, "joined": added in soup, **trial_metrics}
+    models["swa"] = {"averaged_steps": sorted(soup), "tried_steps": order, **metrics}
+    log.info("greedy SWA kept steps %s of %s (by %s)", sorted(soup), order, selector.metric)
+    return averaged, val_logits
+
+
+def _evaluate(s: Session, trained: TrainedRun, model: PreTrainedModel) -> tuple[dict, np.ndarray]:
+    """Validation metrics and logits of an average, on the run's device (rank 0 alone)."""
+    model.to(s.device)
+    val_logits = gathered_logits(model, s.val_data, s.cfg.per_device_eval_batch_size, s.plan.precision, s.device,
+                                 s.show_progress, Distributed())
+    return classification_metrics(val_logits, s.splits.val.labels, trained.val_loss, s.plan.label_names), val_logits
+
+
+def _loader(s: Session) -> Callable[[Path], PreTrainedModel]:
+    return lambda folder: load_classifier(folder, s.plan.num_labels, s.plan.label_names, None)
 
 
 def _ema_model(s: Session, trained: TrainedRun, models: dict, logits: dict) -> PreTrainedModel | None:

@@ -1,7 +1,9 @@
 """Everything before the first training step: data, preprocessing, backbone, token ids and the plan.
 
-A new run fits its preprocessor and builds (or loads) its backbone; a resumed run loads both from
-its folder. Under torchrun, rank 0 goes first through the cache so every process gets the same
+A new run fits its preprocessor and builds (or loads) its backbone, and records what its initial
+weights were (`initial_weights.json`: the model, the --init-seed and the digests of the backbone and
+head), so that model soups can check their runs started alike; a resumed run loads both from its
+folder. Under torchrun, rank 0 goes first through the cache so every process gets the same
 tokenizer and initial weights.
 """
 
@@ -18,6 +20,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lib.core.cache import DiskCache, texts_digest, tokenizer_digest
+from lib.core.device import training_precision
 from lib.core.distributed import Distributed
 from lib.core.errors import UserError
 from lib.core.files import existing_directory
@@ -31,7 +34,8 @@ from lib.finetune.plan import TrainingPlan, default_learning_rate, step_counts
 from lib.finetune.run_folder import RunFolder
 from lib.finetune.splits import Splits, load_splits
 from lib.loop import swa
-from lib.model.backbone import ScratchPreset, check_reachable, load_classifier, prepare_backbone, scratch_preset
+from lib.model.backbone import (ScratchPreset, check_reachable, load_classifier, prepare_backbone, scratch_preset,
+                                 weight_digests)
 from lib.model.heads import head_for
 from lib.model.reinit import reinit_top_layers
 
@@ -49,6 +53,7 @@ class Prepared:
     model: PreTrainedModel
     train_data: EncodedTexts
     val_data: EncodedTexts
+    initial_weights: dict | None  # a new run's record of its initial weights; None when resumed
 
 
 @dataclass
@@ -69,8 +74,9 @@ class Session(Prepared):
         return cls(cfg=cfg, run=run, device=device, show_progress=show_progress, ctx=ctx, **inputs)
 
 
-def prepare_new(cfg: TrainConfig, ctx: Distributed, device: torch.device, precision: str) -> Prepared:
-    """Read and check the data, fit the preprocessor, build the backbone, tokenise, plan; raises UserError."""
+def prepare_new(cfg: TrainConfig, ctx: Distributed, device: torch.device) -> Prepared:
+    """Read and check the data, fit the preprocessor, build the backbone, choose the precision for it,
+    tokenise, plan; raises UserError."""
     if ctx.enabled and not cfg.cache_dir:
         raise UserError("--no-cache: under torchrun the processes share the tokenizer through the cache; "
                         "give a --cache-dir")
@@ -84,12 +90,15 @@ def prepare_new(cfg: TrainConfig, ctx: Distributed, device: torch.device, precis
     cache = _cache(cfg)
     if not ctx.is_main:
         ctx.barrier()  # rank 0 fills the cache first, so every rank gets the same tokenizer
-    with torch.random.fork_rng():  # new weights (a head, re-initialised layers) come from the seed alone
-        torch.manual_seed(cfg.seed)
+    init_seed = cfg.seed if cfg.init_seed is None else cfg.init_seed
+    with torch.random.fork_rng():  # new weights (a head, re-initialised layers) come from the init seed alone
+        torch.manual_seed(init_seed)
         tokenizer, model = prepare_backbone(cfg.model, train_texts, preprocessor.special_tokens, splits.num_labels,
-                                            splits.label_names, cfg.dropout_rate, cfg.scratch_vocab_size, cfg.seed,
+                                            splits.label_names, cfg.dropout_rate, cfg.scratch_vocab_size, init_seed,
                                             cache, head_for(cfg.pooling, cfg.multi_sample_dropout))
         reinit_top_layers(model, cfg.reinit_top_layers)
+    initial_weights = {"model": cfg.model, "init_seed": init_seed, **weight_digests(model)}
+    precision = training_precision(cfg.precision, device, model)
     limit = _model_limit(model)
     train_ids, val_ids = _tokenize_splits(cache, tokenizer, train_texts, val_texts, _tokenized_limit(cfg, limit))
     if ctx.is_main:
@@ -102,7 +111,7 @@ def prepare_new(cfg: TrainConfig, ctx: Distributed, device: torch.device, precis
                       micro_batches=_budget_micro_batches(cfg, train_data, ctx.world_size))
     if cfg.swa_start is not None:
         swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs))  # refuse a bad value before any folder
-    return Prepared(plan, splits, preprocessor, tokenizer, model, train_data, val_data)
+    return Prepared(plan, splits, preprocessor, tokenizer, model, train_data, val_data, initial_weights)
 
 
 def prepare_resumed(cfg: TrainConfig, run: RunFolder, ctx: Distributed) -> Prepared:
@@ -125,7 +134,7 @@ def prepare_resumed(cfg: TrainConfig, run: RunFolder, ctx: Distributed) -> Prepa
         ctx.barrier()
     train_data, val_data = _truncated_splits(cfg, tokenizer, splits, train_ids, val_ids, plan.max_length,
                                              pad_multiple(torch.device(plan.device), plan.precision, cfg.compile))
-    return Prepared(plan, splits, preprocessor, tokenizer, model, train_data, val_data)
+    return Prepared(plan, splits, preprocessor, tokenizer, model, train_data, val_data, None)
 
 
 def _cache(cfg: TrainConfig) -> DiskCache:

@@ -7,6 +7,8 @@ when `result.json` is written, so a folder without that suffix is always a finis
     plan.json          values derived from it: label set, max length, steps, warmup, lr, precision
     environment.json   versions, device, command line, git commit
     preprocessor.json  the fitted text preprocessor
+    initial_weights.json  the model, --init-seed and digests of the initial backbone and head (soups check it)
+    wandb_run.json     with --report-to wandb: the W&B run id a resumed run continues
     tokenizer/         the tokenizer (save_pretrained), special tokens included
     best/              the selected model + tokenizer (save_pretrained)
     last/              the latest weights (save_pretrained) and training_state.pt, for --resume
@@ -42,6 +44,7 @@ class RunFolder:
     plan = property(lambda self: self.path / "plan.json")
     environment = property(lambda self: self.path / "environment.json")
     preprocessor = property(lambda self: self.path / "preprocessor.json")
+    initial_weights = property(lambda self: self.path / "initial_weights.json")
     tokenizer = property(lambda self: self.path / "tokenizer")
     best = property(lambda self: self.path / "best")
     last = property(lambda self: self.path / "last")

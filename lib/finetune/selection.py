@@ -6,14 +6,16 @@ comparison (ties keep the earlier checkpoint), NaN never counts as an improvemen
 absolute threshold for patience (as in Keras, the reference best only moves when an improvement
 clears it). `--max-loss-increase x` restricts selection to checkpoints whose validation loss is
 within (1 + x) of the lowest loss seen, the rule users apply by hand to avoid picking an
-accuracy peak that is already over-fitted. Both objects keep all their state in plain dicts
-saved with the training checkpoint.
+accuracy peak that is already over-fitted. The same rule ranks the epoch ends that
+`--swa-select best|greedy` averages. Both objects keep all their state in plain dicts saved with the
+training checkpoint.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Iterable
 
 
 def _improves(value: float, best: float | None, greater_is_better: bool, threshold: float = 0.0) -> bool:
@@ -86,6 +88,27 @@ class CheckpointSelector:
                                               self.greater_is_better)):
                 best = evaluation
         return best
+
+    def better(self, metrics: dict[str, float], than: dict[str, float]) -> bool:
+        """Whether `metrics` beat `than` on the selection metric: strictly, and NaN never does."""
+        return _improves(metrics[self.metric], than[self.metric], self.greater_is_better)
+
+    def ranked(self, steps: Iterable[int]) -> list[int]:
+        """Those of `steps` that may be selected now, best first (ties: the earlier step first)."""
+        latest = {e["step"]: e["metrics"] for e in self.history}
+        eligible = [step for step in sorted(set(steps)) if step in latest and self.eligible(latest[step])]
+        sign = -1.0 if self.greater_is_better else 1.0
+        return sorted(eligible, key=lambda step: sign * latest[step][self.metric])  # stable: ties keep step order
+
+    def may_rank_among_best(self, steps: Iterable[int], k: int) -> set[int]:
+        """Those of `steps` that can still be among the `k` best eligible ones when training ends.
+
+        Without --max-loss-increase eligibility never changes, so a step pushed out of the top k stays out;
+        with it, a later lower loss can disqualify the leaders and let any eligible step move up. A step
+        that is not eligible now never becomes so: the lowest loss only falls.
+        """
+        ranked = self.ranked(steps)
+        return set(ranked if self.max_loss_increase is not None else ranked[:k])
 
     def may_be_selected_later(self) -> set[int]:
         """Steps whose checkpoints must be kept: the selection can only move among these."""

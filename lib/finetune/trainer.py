@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib.core.device import make_grad_scaler, resolve_device, resolve_precision
+from lib.core.device import make_grad_scaler, resolve_device
 from lib.core.distributed import Distributed, init_distributed, shard, wrap_for_ddp
 from lib.core.errors import UserError
 from lib.core.files import atomic_directory, existing_directory
-from lib.core.metrics_logger import MetricsLogger, attach_log_file, detach_log_file
+from lib.core.metrics_logger import MetricsLogger, attach_log_file, check_reporting, detach_log_file
 from lib.core.progress import progress_bar
 from lib.data.augment import augment_rows, parse_augment_spec
 from lib.data.batching import collate, encode_ids, padding_efficiency
@@ -84,14 +84,16 @@ def train_new(cfg: TrainConfig, *, overwrite: bool = False, show_progress: bool 
     """
     if cfg.model == CLASSICAL_MODEL:
         return train_classical(cfg, overwrite=overwrite, argv=argv)
+    check_reporting(cfg.report_to, cfg)
     ctx, ddp_device = init_distributed(cfg.device, cfg.ddp_backend)
     device = ddp_device or resolve_device(cfg.device)
-    prepared = prepare_new(cfg, ctx, device, resolve_precision(cfg.precision, device))
+    prepared = prepare_new(cfg, ctx, device)
     run = new_run_folder(cfg.output_dir, cfg.run_name, cfg.model, overwrite) if ctx.is_main else None
     try:
         if ctx.is_main:
             cfg.save(run.config)
             run.write_json(run.plan, prepared.plan.to_dict())
+            run.write_json(run.initial_weights, prepared.initial_weights)
             run.write_json(run.environment, environment_record(device, argv or [], ctx.world_size))
             prepared.preprocessor.save(run.preprocessor)
             prepared.tokenizer.save_pretrained(run.tokenizer)
@@ -110,6 +112,7 @@ def resume(path: Path, *, show_progress: bool = False, stop: StopRequest | None 
     """Continue an unfinished run from its last saved state, with the config it was started with."""
     run = open_unfinished(path)
     cfg = TrainConfig.load(run.config)
+    check_reporting(cfg.report_to, cfg)
     state = load_state(run.training_state)
     ctx, ddp_device = init_distributed(cfg.device, cfg.ddp_backend)
     if len(state["rng"]) != ctx.world_size:
@@ -144,7 +147,9 @@ class FineTuning:
         self.s, self.cfg, self.plan, self.model, self.loop, self.ctx, self.stop = s, cfg, plan, s.model, loop, s.ctx, stop
         # the log file first, so that it records how the optimizer and the techniques were set up
         self.log_file = attach_log_file(s.run.path / "train.log") if s.ctx.is_main else None
-        self.logger = MetricsLogger(s.run.path, resume_step=loop.global_step or None) if s.ctx.is_main else None
+        self.logger = (MetricsLogger(s.run.path, resume_step=loop.global_step or None, report_to=cfg.report_to,
+                                     name=s.run.final_path.name, config=cfg, plan=plan.to_dict())
+                       if s.ctx.is_main else None)
         if cfg.gradient_checkpointing:
             s.model.activation_checkpointing_enable({"use_reentrant": False})
         # forward/backward go through the DDP wrapper; evaluation and saving use the plain model
@@ -168,7 +173,7 @@ class FineTuning:
             self.early_stopping.load_state_dict(loop.early_stopping)
             self.selector.load_state_dict(loop.selector)
         self.store = CheckpointStore(s.run.path / "checkpoints", s.run.best, s.tokenizer, self.selector,
-                                     cfg.swa_last_k)
+                                     cfg.swa_last_k, cfg.swa_select)
         self.averagers = self._averagers()
         self.swa_start_step = (swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs)) * plan.steps_per_epoch
                                if cfg.swa_start is not None else None)

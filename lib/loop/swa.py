@@ -1,5 +1,6 @@
-"""SWA after training, over saved checkpoints (the user's "SWA-K": the last K epoch ends), and the
-epoch from which `--swa-start` averages during training (`lib.loop.averaging.EpochSWA`).
+"""SWA after training, over saved checkpoints (the user's "SWA-K": K epoch ends), the greedy choice of
+what to average (a run's checkpoints, or whole runs in a model soup), and the epoch from which
+`--swa-start` averages during training (`lib.loop.averaging.EpochSWA`).
 
 Averages are kept in fp32 on the CPU (a running mean in half precision drifts).
 """
@@ -8,13 +9,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 from torch.optim.swa_utils import AveragedModel
 from transformers import PreTrainedModel
 
 from lib.core.errors import UserError
+
+Ingredient = TypeVar("Ingredient")
+Score = TypeVar("Score")
 
 
 def average_checkpoints(folders: Sequence[Path], load: Callable[[Path], PreTrainedModel]) -> PreTrainedModel:
@@ -29,6 +33,24 @@ def average_checkpoints(folders: Sequence[Path], load: Callable[[Path], PreTrain
     if averaged is None:
         raise ValueError("no checkpoints to average")
     return averaged.module
+
+
+def greedy_soup(ranked: Sequence[Ingredient], evaluate: Callable[[list[Ingredient]], Score],
+                keeps: Callable[[Score, Score], bool]) -> tuple[list[Ingredient], Score]:
+    """The greedy soup of Wortsman et al. (2022): start from the first of `ranked` (best first) and add
+    each next one only if `keeps(score with it, score without it)`; returns the kept ones and their score.
+
+    Only the current soup's and one trial's scores are alive at a time, so a score may hold a model.
+    """
+    soup = [ranked[0]]
+    score = evaluate(soup)
+    for candidate in ranked[1:]:
+        trial = [*soup, candidate]
+        trial_score = evaluate(trial)
+        if keeps(trial_score, score):
+            soup, score = trial, trial_score
+        del trial_score
+    return soup, score
 
 
 def start_epoch(swa_start: float, num_epochs: int) -> int:

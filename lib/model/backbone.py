@@ -10,6 +10,7 @@ folder came from.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -209,10 +210,18 @@ def load_classifier(name_or_path: str | Path, num_labels: int, label_names: Sequ
 
 
 def add_special_tokens(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, tokens: Sequence[str]) -> int:
-    """Register the preprocessor's tokens as atomic and grow the embeddings if the vocabulary grew."""
+    """Register the preprocessor's tokens as atomic and grow the embeddings if the vocabulary grew.
+
+    New rows start at the mean of the existing ones, drawn from no seed: every run of one model with
+    one preprocessor starts from the same weights, whatever its --seed (what a model soup needs).
+    """
     added = tokenizer.add_special_tokens({"additional_special_tokens": list(tokens)}) if tokens else 0
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
+    known = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > known:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            rows = model.get_input_embeddings().weight
+            rows[known:] = rows[:known].mean(dim=0)
     return added
 
 
@@ -239,6 +248,22 @@ def prepare_backbone(model_name: str, train_texts: Sequence[str], special_tokens
             lambda folder: (load_tokenizer(folder), load_classifier(folder, num_labels, label_names, dropout, head)))
     add_special_tokens(tokenizer, model, special_tokens)
     return tokenizer, model
+
+
+def weight_digests(model: PreTrainedModel) -> dict[str, str]:
+    """sha256 of the backbone's weights and of the rest (the classification head), apart.
+
+    Two runs whose backbones start from the same digest started from the same model, whatever seed
+    drew their new head: their fine-tuned weights can be averaged (a model soup). The backbone is the
+    model's `base_model_prefix` module (`bert.`, `backbone.` of a pooling head); its buffers count.
+    """
+    prefix = model.base_model_prefix + "."
+    digests = {"backbone": hashlib.sha256(), "head": hashlib.sha256()}
+    for name, tensor in sorted(model.state_dict().items()):
+        part = digests["backbone" if name.startswith(prefix) else "head"]
+        part.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+        part.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {f"{part}_sha256": digest.hexdigest() for part, digest in digests.items()}
 
 
 def check_reachable(name_or_path: str) -> None:

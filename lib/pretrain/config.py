@@ -122,7 +122,8 @@ class PretrainConfig:
     seed: int = field(default=42, metadata=option(
         "seed for the held-out slice, packing order, initial weights, masks and dropout", "run"))
     precision: str = field(default="auto", metadata=option(
-        "auto = bf16 on CUDA GPUs that support it, fp16 + GradScaler on older ones, fp32 on CPU", "run",
+        "auto = bf16 on CUDA GPUs that support it, fp16 + GradScaler on older ones; on a CPU bf16 with "
+        "AMX/avx512_bf16 for models at least 256 wide, else fp32", "run",
         choices=PRECISIONS))
     device: str = field(default="auto", metadata=option(DEVICE_FORMS, "run", parse=parse_device,
                                                         expects=DEVICE_FORMS))

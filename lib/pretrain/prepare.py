@@ -19,6 +19,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lib.core.cache import DiskCache, texts_digest, tokenizer_digest
+from lib.core.device import training_precision
 from lib.core.distributed import Distributed
 from lib.core.errors import UserError
 from lib.data.batching import EncodedTexts, load_ids, save_ids
@@ -52,9 +53,9 @@ class Corpus:
     masker: DynamicMasker
 
 
-def prepare_new(cfg: PretrainConfig, ctx: Distributed, device: torch.device,
-                precision: str) -> tuple[Corpus, PretrainPlan]:
-    """Read, normalise, split and tokenise the texts and build the model; raises UserError."""
+def prepare_new(cfg: PretrainConfig, ctx: Distributed, device: torch.device) -> tuple[Corpus, PretrainPlan]:
+    """Read, normalise, split and tokenise the texts, build the model and choose the precision for it;
+    raises UserError."""
     if ctx.enabled and not cfg.cache_dir:
         raise UserError("--no-cache: under torchrun the processes share the tokenizer through the cache; "
                         "give a --cache-dir")
@@ -71,7 +72,8 @@ def prepare_new(cfg: PretrainConfig, ctx: Distributed, device: torch.device,
     corpus = _corpus(cfg, cache, preprocessor, tokenizer, model, texts)
     if ctx.is_main:
         ctx.barrier()
-    return corpus, _make_plan(cfg, texts, corpus, device, precision, ctx.world_size)
+    return corpus, _make_plan(cfg, texts, corpus, device, training_precision(cfg.precision, device, model),
+                              ctx.world_size)
 
 
 def prepare_resumed(cfg: PretrainConfig, work: Path, checkpoint: Path, plan: PretrainPlan,

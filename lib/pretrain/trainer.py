@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from lib.core.device import autocast, make_grad_scaler, resolve_device, resolve_precision
+from lib.core.device import autocast, make_grad_scaler, resolve_device
 from lib.core.distributed import Distributed, init_distributed, shard, wrap_for_ddp
 from lib.core.errors import UserError
 from lib.core.files import atomic_directory, existing_directory
@@ -98,7 +98,7 @@ def pretrain_new(cfg: PretrainConfig, *, overwrite: bool = False, show_progress:
     if final.name.endswith(work_folder.INCOMPLETE_SUFFIX):
         raise UserError(f"--out {cfg.out}: expected a folder name such as models/<name>")
     work = work_folder.claim(final, overwrite, "--out", "pretrain.py")
-    corpus, plan = prepare_new(cfg, ctx, device, resolve_precision(cfg.precision, device))
+    corpus, plan = prepare_new(cfg, ctx, device)
     try:
         if ctx.is_main:
             work_folder.create(work)
