@@ -12,6 +12,11 @@ A trial interrupted by Ctrl-C saves its state and goes back to the queue; one wh
 killed is requeued once its heartbeats stop (at once on --resume when that worker ran on this
 machine and its process is gone). Either way the next worker continues the same run folder from
 its last checkpoint, with the same parameters.
+
+A worker trains its trials itself, or with a launcher as torchrun jobs (lib/search/launch.py): then
+the job's rank 0 reports and asks the pruner, the loop shares the decision with every rank, and the
+worker keeps the claim alive, passes stop signals on and records the result. Each worker may be
+given its own GPUs.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from lib.finetune.trainer import resume, train_new
 from lib.loop.stop import StopRequest, TrainingInterrupted
 from lib.search import (Journal, Parameter, Pruner, SweepHeader, SweepSpace, Trial, TrialState, default_worker_id,
                         load_sweep_config, make_sampler, parse_sweep_config, pruner_for)
+from lib.search.importance import parameter_importance
+from lib.search.launch import LaunchFailed, Launcher, run_trial_job
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,8 @@ class SweepOptions:
     stale_after_s: float
     n_startup_trials: int
     show_progress: bool
+    gpus: tuple[str, ...] | None = None  # each worker process's CUDA_VISIBLE_DEVICES (launch.worker_gpus)
+    launcher: Launcher | None = None  # run each trial as this torchrun job instead of in the worker
 
 
 def metric_key(space: SweepSpace) -> str:
@@ -149,11 +158,13 @@ def _deciding_values(parameter: Parameter) -> tuple[Any, ...]:
 
 
 def run_sweep(path: Path, options: SweepOptions,
-              worker_process: Callable[[Path, SweepOptions, int], None] | None = None) -> None:
+              worker_process: Callable[[Path, SweepOptions, int, str | None], None] | None = None) -> None:
     """Run workers until the sweep has `options.trials` trials (counted over every call) or the grid ends.
 
-    With several workers each is a process running `worker_process(path, options, threads)`: the entry
-    script's function, which sets up its process (threads, logging) as library code must not.
+    With several workers each is a process running `worker_process(path, options, threads, gpus)`: the
+    entry script's function, which sets up its process (threads, logging, CUDA_VISIBLE_DEVICES=gpus
+    before CUDA starts) as library code must not. A lone worker runs in this process, whose caller
+    sets up its GPUs.
     """
     folder, journal, space = open_sweep(path)
     check_space(space, f"sweep {folder.path}")
@@ -165,9 +176,9 @@ def run_sweep(path: Path, options: SweepOptions,
             raise ValueError("run_sweep: several workers need the entry script's worker_process")
         context = multiprocessing.get_context("spawn")
         threads = max(1, (os.cpu_count() or 1) // options.workers)
-        one = SweepOptions(options.trials, 1, options.stale_after_s, options.n_startup_trials, False)
-        workers = [context.Process(target=worker_process, args=(folder.path, one, threads))
-                   for _ in range(options.workers)]
+        one = dataclasses.replace(options, workers=1, gpus=None, show_progress=False)
+        workers = [context.Process(target=worker_process, args=(folder.path, one, threads, gpus))
+                   for gpus in options.gpus or [None] * options.workers]
         for worker in workers:
             worker.start()
         try:
@@ -197,16 +208,21 @@ def run_worker(path: Path, options: SweepOptions) -> None:
 
 
 class _TrialMonitor(StopRequest):
-    """Reports each epoch's metric to the journal, asks the pruner, and keeps the claim alive."""
+    """Reports each epoch's metric to the journal, asks the pruner, and keeps the claim alive.
+
+    In a launched trial the worker keeps the claim (`heartbeat_s`) and rank 0 reports (None): the
+    claim then stays alive while torchrun starts and while the ranks save.
+    """
 
     def __init__(self, journal: Journal, trial: Trial, worker: str, key: str, pruner: Pruner | None,
-                 heartbeat_s: float) -> None:
+                 heartbeat_s: float | None) -> None:
         super().__init__()
         self.journal, self.trial, self.worker, self.key, self.pruner = journal, trial, worker, key, pruner
         self.lost = threading.Event()
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True)
-        self._thread.start()
+        self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True) if heartbeat_s else None
+        if self._thread is not None:
+            self._thread.start()
 
     def _beat(self, every: float) -> None:
         while not self._done.wait(every):
@@ -217,7 +233,8 @@ class _TrialMonitor(StopRequest):
 
     def close(self) -> None:
         self._done.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     def prune_after(self, step: int, epoch: float, metrics: dict[str, float]) -> bool:
         if abs(epoch - round(epoch)) > 1e-9:  # pruners compare trials at whole epochs
@@ -237,14 +254,13 @@ def _run_trial(folder: SweepFolder, journal: Journal, space: SweepSpace, pruner:
     log.info("trial %d (attempt %d): %s", trial.number, trial.attempt, _format_params(trial.params))
     monitor = _TrialMonitor(journal, trial, worker, key, pruner, heartbeat_s=max(1.0, options.stale_after_s / 4))
     try:
-        unfinished = RunFolder(folder.trials / (name + INCOMPLETE_SUFFIX))
         with monitor.on_stop_signals():  # Ctrl-C / SIGTERM: the trial saves its state at the next step
-            if unfinished.training_state.is_file():
-                log.info("trial %d: continuing %s from its last checkpoint", trial.number, unfinished.path)
-                run = resume(unfinished.path, show_progress=options.show_progress, stop=monitor)
-            else:
-                run = train_new(trial_config(space, trial, folder), overwrite=True,
-                                show_progress=options.show_progress, stop=monitor)
+            if options.launcher is None:
+                run = train_trial(folder, space, trial, monitor, options.show_progress)
+            else:  # rank 0 of the job reports and asks the pruner; this process keeps the claim alive
+                run = RunFolder(folder.trials / name)
+                run_trial_job(options.launcher, folder.path, trial.number, worker, run.path, options.show_progress,
+                              monitor)
     except TrainingInterrupted:
         if not monitor.lost.is_set():
             journal.requeue(trial.number, "interrupted")
@@ -252,6 +268,12 @@ def _run_trial(folder: SweepFolder, journal: Journal, space: SweepSpace, pruner:
     except UserError as error:
         journal.fail(trial.number, worker, str(error))
         log.error("trial %d failed: %s", trial.number, error)
+        return
+    except LaunchFailed as error:  # rank 0 has recorded a trial's own bad input; otherwise say how it ended
+        mine = next(t for t in journal.trials() if t.number == trial.number)
+        if mine.state is TrialState.RUNNING and mine.worker == worker:
+            journal.fail(trial.number, worker, str(error))
+        log.error("trial %d failed: %s", trial.number, mine.error or error)
         return
     except Exception as error:  # a crash in one trial must not end the sweep
         journal.fail(trial.number, worker, f"{type(error).__name__}: {error}")
@@ -264,6 +286,19 @@ def _run_trial(folder: SweepFolder, journal: Journal, space: SweepSpace, pruner:
     (journal.prune if result.get("pruned") else journal.finish)(trial.number, worker, value)
     _log_hparams(folder, name, trial.params, key, value, result)
     log.info("trial %d %s: %s %.4f", trial.number, "pruned" if result.get("pruned") else "finished", key, value)
+    if monitor.requested and not monitor.lost.is_set():  # a Ctrl-C that came as the trial ended still stops
+        raise KeyboardInterrupt
+
+
+def train_trial(folder: SweepFolder, space: SweepSpace, trial: Trial, stop: StopRequest,
+                show_progress: bool) -> RunFolder:
+    """Train a trial's run folder, or continue it from its last checkpoint: the same in a worker and in
+    every rank of a launched trial (lib/search/launched_trial.py)."""
+    unfinished = RunFolder(folder.trials / (folder.trial_name(trial.number) + INCOMPLETE_SUFFIX))
+    if unfinished.training_state.is_file():
+        log.info("trial %d: continuing %s from its last checkpoint", trial.number, unfinished.path)
+        return resume(unfinished.path, show_progress=show_progress, stop=stop)
+    return train_new(trial_config(space, trial, folder), overwrite=True, show_progress=show_progress, stop=stop)
 
 
 def trial_config(space: SweepSpace, trial: Trial, folder: SweepFolder) -> TrainConfig:
@@ -348,8 +383,10 @@ def write_status(folder: SweepFolder) -> str:
     if best is not None:
         lines.append(f"best: trial {best.number} ({metric_label(space)} {best.value:.4f}): "
                      f"{_format_params(best.params)} -> {folder.trials / folder.trial_name(best.number)}")
-    counts = {state.value: sum(t.state is state for t in journal.trials()) for state in TrialState}
+    trials = journal.trials()
+    counts = {state.value: sum(t.state is state for t in trials) for state in TrialState}
     lines.append(", ".join(f"{n} {state}" for state, n in counts.items() if n))
+    lines += ["", *parameter_importance(space, trials).lines()]
     return "\n".join(lines)
 
 
