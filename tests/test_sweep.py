@@ -55,14 +55,14 @@ def test_an_interrupted_sweep_resumes_the_running_trial_and_keeps_its_trial_budg
     config = Path(_config(tmp_path, toy_data, pruning=False))
     folder = lib.search.sweep.create_sweep(config, tmp_path / "runs", "r", seed=0, trials=2)  # of a grid of 3
 
-    original = lib.search.sweep._TrialMonitor.should_stop
+    original = lib.search.sweep.TrialMonitor.should_stop
 
     def ctrl_c_in_trial_one(self, global_step):  # a real Ctrl-C during trial 1, at step 30 (epoch 2 of 3)
         if self.trial.number == 1 and global_step == 30 and self.trial.attempt == 1:
             os.kill(os.getpid(), signal.SIGINT)
         return original(self, global_step)
 
-    monkeypatch.setattr(lib.search.sweep._TrialMonitor, "should_stop", ctrl_c_in_trial_one)
+    monkeypatch.setattr(lib.search.sweep.TrialMonitor, "should_stop", ctrl_c_in_trial_one)
     options = SweepOptions(trials=None, workers=1, stale_after_s=600, n_startup_trials=5, show_progress=False)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(folder.path, options)

@@ -26,15 +26,17 @@ class StopRequest:
         return False
 
     @contextmanager
-    def on_stop_signals(self) -> Iterator[None]:
+    def on_stop_signals(self, repeat_aborts: bool = True) -> Iterator[None]:
         """First Ctrl-C or SIGTERM (what `kill` and job schedulers send before preempting): stop cleanly
-        after this step and save. A second one: abort at once."""
+        after this step and save. A second one aborts at once, unless `repeat_aborts` is False (a
+        torchrun rank, to which torchrun, a job scheduler and the parent's death may each send one)."""
         def handler(signum, frame):
-            if self.requested:
+            if self.requested and repeat_aborts:
                 raise KeyboardInterrupt
+            if not self.requested:
+                log.warning("%s: saving state after this step%s", signal.Signals(signum).name,
+                            " (send it again to abort without saving)" if repeat_aborts else "")
             self.requested = True
-            log.warning("%s: saving state after this step (send it again to abort without saving)",
-                        signal.Signals(signum).name)
 
         previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -10,10 +10,7 @@ A bad trial's message goes into the journal from rank 0; the worker records the 
 from __future__ import annotations
 
 import os
-import signal
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch.distributed as dist
@@ -23,7 +20,7 @@ from lib.core.errors import UserError
 from lib.loop.stop import StopRequest, TrainingInterrupted
 from lib.search import TrialState, pruner_for
 from lib.search.launch import LAUNCHED_ENTRY, die_with_parent
-from lib.search.sweep import _TrialMonitor, metric_key, open_sweep, train_trial
+from lib.search.sweep import TrialMonitor, metric_key, open_sweep, train_trial
 
 
 def main(argv: list[str]) -> int:
@@ -39,10 +36,10 @@ def main(argv: list[str]) -> int:
     if trial is None or trial.state is not TrialState.RUNNING or trial.worker != args.worker:
         raise UserError(f"trial {args.trial}: not running for worker {args.worker} in {folder.path}")
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    stop = (_TrialMonitor(journal, trial, args.worker, metric_key(space), pruner_for(space), heartbeat_s=None)
+    stop = (TrialMonitor(journal, trial, args.worker, metric_key(space), pruner_for(space), heartbeat_s=None)
             if main_rank else StopRequest())
     try:
-        with _stop_on_signals(stop):
+        with stop.on_stop_signals(repeat_aborts=False):  # torchrun, a scheduler and a dying parent may each signal
             train_trial(folder, space, trial, stop, args.progress)
     except TrainingInterrupted:
         return 130
@@ -54,22 +51,6 @@ def main(argv: list[str]) -> int:
         if dist.is_initialized():  # left to the interpreter's exit, gloo's threads can abort the process
             dist.destroy_process_group()
     return 0
-
-
-@contextmanager
-def _stop_on_signals(stop: StopRequest) -> Iterator[None]:
-    """Any SIGINT or SIGTERM stops after this step with the state saved. Unlike StopRequest's, a repeat
-    does not abort: torchrun, a job scheduler and the parent's death may each send one; the worker
-    owns the user's second Ctrl-C."""
-    def handler(signum, frame):
-        stop.requested = True
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 if __name__ == "__main__":

@@ -207,7 +207,7 @@ def run_worker(path: Path, options: SweepOptions) -> None:
         _run_trial(folder, journal, space, pruner, trial, worker, options)
 
 
-class _TrialMonitor(StopRequest):
+class TrialMonitor(StopRequest):
     """Reports each epoch's metric to the journal, asks the pruner, and keeps the claim alive.
 
     In a launched trial the worker keeps the claim (`heartbeat_s`) and rank 0 reports (None): the
@@ -252,7 +252,7 @@ def _run_trial(folder: SweepFolder, journal: Journal, space: SweepSpace, pruner:
     name = folder.trial_name(trial.number)
     key = metric_key(space)
     log.info("trial %d (attempt %d): %s", trial.number, trial.attempt, _format_params(trial.params))
-    monitor = _TrialMonitor(journal, trial, worker, key, pruner, heartbeat_s=max(1.0, options.stale_after_s / 4))
+    monitor = TrialMonitor(journal, trial, worker, key, pruner, heartbeat_s=max(1.0, options.stale_after_s / 4))
     try:
         with monitor.on_stop_signals():  # Ctrl-C / SIGTERM: the trial saves its state at the next step
             if options.launcher is None:
