@@ -145,3 +145,26 @@ def test_top_k_of_a_sweep_folder_takes_its_best_trials(runs, capsys, tmp_path):
     assert "trial-001" in out and "trial-000" not in out
     code, out = _soup([runs["a"], "--top", "1"], capsys)
     assert code == 2 and "--top: needs a sweep folder" in out
+
+
+
+def test_added_token_rows_start_at_the_mean_whatever_the_seed(tmp_path):
+    """A hub model's runs share their backbone whatever their --seed: rows for the preprocessor's new
+    tokens are the mean of the existing rows, not a draw from the global generator."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    from lib.model.backbone import add_special_tokens, weight_digests
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "영화", "최고"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    digests = []
+    for seed in (1, 2):
+        torch.manual_seed(0)  # the same "hub" weights for both runs
+        model = BertForSequenceClassification(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                                                         num_attention_heads=2, intermediate_size=32))
+        torch.manual_seed(seed)  # the run's own seed
+        assert add_special_tokens(BertTokenizerFast(str(tmp_path / "vocab.txt")), model, ["[URL]", "[EMAIL]"]) == 2
+        rows = model.get_input_embeddings().weight.detach()
+        torch.testing.assert_close(rows[-2:], rows[:len(vocab)].mean(dim=0).expand(2, -1), rtol=0, atol=0)
+        digests.append(weight_digests(model)["backbone_sha256"])
+    assert digests[0] == digests[1]

@@ -87,9 +87,7 @@ class BackTranslationSummary:
 
 def load_translator(name_or_path: str, flag: str, prefix: str, device: torch.device) -> Translator:
     """Load one direction; an id that is neither local, cached nor reachable fails at once in one line."""
-    if not loadable(name_or_path):
-        raise UserError(f"{flag} {name_or_path}: not a local folder, not in the Hugging Face cache, and the hub "
-                        f"cannot be reached (offline?); pass a local folder holding a translation model")
+    require_loadable(name_or_path, flag)
     try:
         model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path)  # first: its errors name the missing file
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
@@ -147,6 +145,12 @@ def select_paraphrases(originals: Sequence[str], paraphrases: Sequence[str]) -> 
     return kept, empty, unchanged
 
 
+def require_loadable(name_or_path: str, flag: str) -> None:
+    if not loadable(name_or_path):
+        raise UserError(f"{flag} {name_or_path}: not a local folder, not in the Hugging Face cache, and the hub "
+                        f"cannot be reached (offline?); pass a local folder holding a translation model")
+
+
 def back_translate_file(train: Path, out: Path, columns: Columns, forward: str, backward: str,
                         settings: GenerationSettings, *, forward_prefix: str = "", backward_prefix: str = "",
                         max_rows: int | None = None, seed: int = 0, device: str = "auto",
@@ -160,6 +164,8 @@ def back_translate_file(train: Path, out: Path, columns: Columns, forward: str, 
         raise UserError(f"--out {out}: is the input file; choose another path")
     if max_rows is not None and max_rows <= 0:
         raise UserError(f"--max-rows {max_rows}: must be at least 1")
+    require_loadable(forward, "--forward")  # an unreachable hub id fails in seconds, before the data is read
+    require_loadable(backward, "--backward")
     table = read_table(train, columns, labelled=True, flag="--train")
     if max_rows is not None and max_rows < len(table):
         table = table.subset(np.sort(np.random.default_rng(seed).choice(len(table), max_rows, replace=False)))

@@ -32,13 +32,13 @@ def read_texts(paths: Sequence[str | Path], column: str = "review") -> list[str]
     """Non-empty texts of `column` from tables (any format `read_frame` reads), in file order, for pretraining."""
     texts: list[str] = []
     for path in map(Path, paths):
-        frame = read_frame(path, "--texts")
+        frame, described = read_frame(path, "--texts")
         if column not in frame.columns:
             raise UserError(f"--texts {path}: no column {column!r} (set --text-column); the file has "
                             + ", ".join(map(repr, frame.columns)))
         column_texts = frame[column].fillna("").str.strip()
         kept = column_texts[column_texts != ""].tolist()
-        log.info("%s: %d texts (%d empty skipped)", path, len(kept), len(column_texts) - len(kept))
+        log.info("%s: %s, %d texts (%d empty skipped)", path, described, len(kept), len(column_texts) - len(kept))
         texts.extend(kept)
     return texts
 

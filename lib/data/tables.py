@@ -62,18 +62,15 @@ def _table_format(path: Path, flag: str) -> tuple[str, bool]:
     return fmt, gzipped
 
 
-def read_frame(path: str | Path, flag: str) -> pd.DataFrame:
-    """Every column of the table at `path` as text, empty cells as NaN, whatever the format.
-
-    Logs the file, its format and its row count, so a user sees how a file was read.
-    """
-    frame, described = _load(Path(path), flag)
-    log.info("%s: %s, %d rows", path, described, len(frame))
-    return frame
+def read_frame(path: str | Path, flag: str) -> tuple[pd.DataFrame, str]:
+    """Every column of the table at `path` as text, empty cells as NaN, whatever the format, and how it
+    was read ('CSV', 'JSON Lines, gzip', ...): the caller logs it once the file passed its checks, so
+    a bad file gives one line, the error."""
+    return _load(Path(path), flag)
 
 
 def table_columns(path: str | Path, flag: str) -> list[str]:
-    """The column names, for a check made before any model loads; the later `read_frame` reports the file."""
+    """The column names, for a check made before any model loads."""
     return list(_load(Path(path), flag, nrows=1)[0].columns)
 
 
@@ -120,7 +117,7 @@ def _as_text(frame: pd.DataFrame) -> pd.DataFrame:
 def read_table(path: str | Path, columns: Columns, *, labelled: bool, flag: str) -> TextTable:
     """Read a table (see `read_frame`); `flag` names the option that pointed to it, for error messages."""
     path = Path(path)
-    frame = read_frame(path, flag)
+    frame, described = read_frame(path, flag)
     if len(frame) == 0:
         raise UserError(f"{path}: no rows")
     wanted = [columns.id, columns.text] + ([columns.label] if labelled else [])
@@ -140,6 +137,7 @@ def read_table(path: str | Path, columns: Columns, *, labelled: bool, flag: str)
     if empty:
         log.warning("%s: %d empty review(s) in column %r, kept as empty text", path, empty, columns.text)
     labels = _parse_labels(frame[columns.label], path, columns.label) if labelled else None
+    log.info("%s: %s, %d rows", path, described, len(frame))
     return TextTable(ids.to_numpy(dtype=str), texts.fillna("").tolist(), labels)
 
 
