@@ -1,9 +1,10 @@
-"""Speed benchmarks of issue 5: our loop against `transformers.Trainer` on the same work, plus
-torch.compile, the tokenisation cache and padding efficiency.
+"""Speed benchmarks of issue 5: our loop against `transformers.Trainer` on the same work, plus the share
+of step time inside kernels, torch.compile, the tokenisation cache and padding efficiency.
 
     python -m bench.throughput                          # scratch:tiny, 20000 reviews, 1 epoch, fp32, every part
     python -m bench.throughput --quick                  # smoke version (2000 reviews, 3000 validation rows)
     python -m bench.throughput --parts trainer --preset mini --precision bf16
+    python -m bench.throughput --parts kernels          # share of step time inside kernels, ours and the Trainer's
     python -m bench.throughput --parts compile          # our loop with and without --compile
     python -m bench.throughput --parts cache            # set-up time with a cold and a warm tokenisation cache
     python -m bench.throughput --repeats 2                  # as reported on issue 5
@@ -93,8 +94,10 @@ from lib.finetune.trainer import train_new
 from lib.loop.stop import StopRequest
 from lib.model.backbone import load_classifier, prepare_backbone
 
+KERNEL_STEPS = 100  # steps the kernel share is measured over (fewer in a short run)
+KERNEL_SKIP = 5  # steps before the kernel share is measured: first-shape kernels and allocator warm-up
 LOSS_TOLERANCE = 0.03  # relative difference of final validation losses flagged as "not the same training"
-PARTS = ("trainer", "compile", "cache")
+PARTS = ("trainer", "kernels", "compile", "cache")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -166,6 +169,8 @@ def _run_parts(args: argparse.Namespace, parts: list[str], workdir: Path) -> Non
     base = {**_base_config(args, workdir), "model": str(init)}
     if "trainer" in parts:
         trainer_part(args, base)
+    if "kernels" in parts:
+        kernels_part(args, base)
     if "compile" in parts:
         compile_part(args, base)
     if "cache" in parts:
@@ -294,15 +299,46 @@ class StepClock:
         return float(np.median(np.diff([wall for _, wall, _, _ in self.marks]))) if len(self.marks) > 1 else 0.0
 
 
+class KernelMeter:
+    """The share of steady step time spent inside aten operators (on a CPU, the kernels), from the torch
+    profiler over the steps after the first `skip`: the sum of every aten operator's self time over the
+    wall time of `steps` steps. The rest is host work: the loop's Python, the model's Python forward,
+    the autograd engine. The profiler slows both sides alike; the share, not the speed, is the figure."""
+
+    def __init__(self, skip: int, steps: int) -> None:
+        self.skip, self.steps, self.count = skip, steps, 0
+        self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+        self.kernel_seconds = self.wall_seconds = 0.0
+        self._started = 0.0
+
+    def step_end(self) -> None:
+        self.count += 1
+        if self.count == self.skip:
+            self.profiler.start()
+            self._started = time.perf_counter()
+        elif self.count == self.skip + self.steps:
+            self.wall_seconds = time.perf_counter() - self._started
+            self.profiler.stop()
+            self.kernel_seconds = sum(event.self_cpu_time_total for event in self.profiler.key_averages()
+                                      if event.key.startswith("aten::")) / 1e6
+
+    def share(self) -> float:
+        if not self.wall_seconds:
+            raise RuntimeError(f"KernelMeter: the run ended before step {self.skip + self.steps}")
+        return self.kernel_seconds / self.wall_seconds
+
+
 class _OursClock(StopRequest):
     """Never stops or prunes; the loop asks after every step and after every evaluation."""
 
-    def __init__(self) -> None:
+    def __init__(self, meter: KernelMeter | None = None) -> None:
         super().__init__()
-        self.clock = StepClock()
+        self.clock, self.meter = StepClock(), meter
 
     def should_stop(self, global_step: int) -> bool:
         self.clock.step_end(global_step)
+        if self.meter is not None:
+            self.meter.step_end()
         return super().should_stop(global_step)
 
     def prune_after(self, step: int, epoch: float, metrics: dict[str, float]) -> bool:
@@ -312,14 +348,17 @@ class _OursClock(StopRequest):
 
 # --- the two sides ---------------------------------------------------------------------------------
 
-def ours_side(options: dict[str, Any], threads: int, *, steady: bool = True, val_csv: str | None = None) -> dict:
+def ours_side(options: dict[str, Any], threads: int, *, steady: bool = True, val_csv: str | None = None,
+              kernel_steps: int = 0) -> dict:
     """Train with `lib.finetune.trainer.train_new`. `steady`: also the steady step rates (re-tokenises the
-    training rows to know each step's rows); `val_csv`: also predict that file with the finished run."""
+    training rows to know each step's rows); `val_csv`: also predict that file with the finished run;
+    `kernel_steps`: also the kernel share of that many steps (KernelMeter)."""
     _worker_setup(threads)
     cfg = TrainConfig(**options)
     if cfg.compile:  # a cold inductor cache: what the first --compile run on a machine pays
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cfg.output_dir) / f"inductor-{os.getpid()}")
-    stop = _OursClock()
+    meter = KernelMeter(KERNEL_SKIP, kernel_steps) if kernel_steps else None
+    stop = _OursClock(meter)
     started = time.perf_counter()
     run = train_new(cfg, overwrite=True, stop=stop)
     wall = time.perf_counter() - started
@@ -339,6 +378,8 @@ def ours_side(options: dict[str, Any], threads: int, *, steady: bool = True, val
         "threads": torch.get_num_threads(),
         "plan": json.loads(run.plan.read_text(encoding="utf-8")),
     }
+    if meter is not None:
+        measured["kernel_share"] = meter.share()
     loaded = load_run(run.path, device="cpu")  # the kept model (best/), which holds the tokenizer too
     if steady:
         lengths = encode(loaded.tokenizer, loaded.preprocessor.transform(load_splits(cfg).train.texts),
@@ -394,8 +435,8 @@ class _PaddingCounter:
 class _TrainerClock(TrainerCallback):
     """The Trainer's epoch loops (its training steps; evaluation runs after on_epoch_end) and step ends."""
 
-    def __init__(self, collator: _PaddingCounter) -> None:
-        self.collator, self.clock = collator, StepClock()
+    def __init__(self, collator: _PaddingCounter, meter: KernelMeter | None = None) -> None:
+        self.collator, self.clock, self.meter = collator, StepClock(), meter
         self.seconds, self.begun, self.train_begin = 0.0, 0.0, 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -406,6 +447,8 @@ class _TrainerClock(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.clock.step_end(state.global_step)
+        if self.meter is not None:
+            self.meter.step_end()
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.collator.counting = False
@@ -415,8 +458,10 @@ class _TrainerClock(TrainerCallback):
         self.clock.evaluated()
 
 
-def trainer_side(options: dict[str, Any], threads: int, val_csv: str, plan: dict, grouped: bool) -> dict:
-    """Train the same model on the same rows with `transformers.Trainer`, then predict the same file."""
+def trainer_side(options: dict[str, Any], threads: int, val_csv: str, plan: dict, grouped: bool,
+                 kernel_steps: int = 0) -> dict:
+    """Train the same model on the same rows with `transformers.Trainer`, then predict the same file;
+    `kernel_steps`: also the kernel share of that many steps (KernelMeter)."""
     _worker_setup(threads)
     started = time.perf_counter()
     cfg = TrainConfig(**options)
@@ -436,7 +481,8 @@ def trainer_side(options: dict[str, Any], threads: int, val_csv: str, plan: dict
     train_rows, val_rows = dataset(train_texts, splits.train.labels), dataset(val_texts, splits.val.labels)
     model = load_classifier(cfg.model, splits.num_labels, splits.label_names, None)
     collator = _PaddingCounter(DataCollatorWithPadding(tokenizer))
-    timer = _TrainerClock(collator)
+    meter = KernelMeter(KERNEL_SKIP, kernel_steps) if kernel_steps else None
+    timer = _TrainerClock(collator, meter)
     args = TrainingArguments(
         output_dir=str(Path(cfg.output_dir) / f"trainer-{'grouped' if grouped else 'random'}"),
         per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -479,6 +525,7 @@ def trainer_side(options: dict[str, Any], threads: int, val_csv: str, plan: dict
         "threads": torch.get_num_threads(),
         "optimizer": getattr(args.optim, "value", args.optim),
         "transformers": transformers.__version__,
+        **({"kernel_share": meter.share()} if meter is not None else {}),
     }
 
 
@@ -565,6 +612,23 @@ def trainer_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
         gap = abs(x - y) / min(x, y)
         verdict = "ok" if gap <= LOSS_TOLERANCE else f"FLAG: more than {LOSS_TOLERANCE:.0%} apart"
         print(f"   val loss {columns[a].title} {x:.4f} vs {columns[b].title} {y:.4f}: {gap:.1%} apart, {verdict}")
+
+
+def kernels_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
+    """The share of steady step time inside kernels, ours grouped against the Trainer grouped (torch profiler)."""
+    steps = max(10, min(KERNEL_STEPS, args.train_samples // args.batch_size // 2))
+    val_csv = str(Path(base["model"]) / "val.csv")
+    ours = _in_subprocess(ours_side, {**base, "run_name": "ours-kernels"}, args.threads, steady=False,
+                          kernel_steps=steps)
+    theirs = _in_subprocess(trainer_side, base, args.threads, val_csv, ours["plan"], True, kernel_steps=steps)
+    print(f"\n== kernel share: steps {KERNEL_SKIP + 1}-{KERNEL_SKIP + steps} of one epoch under the torch profiler, "
+          f"scratch:{args.preset}, {args.precision}, batch {args.batch_size}, {ours['threads']} thread(s)")
+    print(f"   re-run: {_rerun(args, 'kernels')}")
+    print(f"   {'':<34}{'ours grouped':>14}{'Trainer grouped':>17}")
+    for label, share in (("inside aten kernels", lambda r: r["kernel_share"]),
+                         ("host (Python, autograd engine)", lambda r: 1 - r["kernel_share"])):
+        print(f"   {label:<34}{share(ours):>13.1%}{share(theirs):>17.1%}")
+    print("   kernel time: the sum of aten operators' self CPU time over the steps' wall time (profiler on)")
 
 
 def compile_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
