@@ -1,4 +1,5 @@
-"""Hyperparameter search: W&B-style sweep configs, random/grid/TPE samplers, pruners, the journal."""
+"""Hyperparameter search: W&B-style sweep configs, random/grid/TPE samplers, pruners, the journal,
+workers and their GPUs, trials launched under torchrun, and the report (charts, parameter importance)."""
 
 from lib.search.journal import Journal, SweepHeader, default_worker_id
 from lib.search.pruners import MedianPruner, Pruner, SuccessiveHalvingPruner, pruner_for
