@@ -74,7 +74,7 @@ from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Printer
 from transformers.utils import is_accelerate_available
 
 from bench.throughput import (_build_init_folder, _check_same_ids, _in_subprocess, _load_average, _PaddingCounter,
-                              _peak_rss_mib, _preprocessed, _TrainerClock, _worker_setup, ours_side)
+                              _Parser, _peak_rss_mib, _preprocessed, _TrainerClock, _worker_setup, ours_side)
 from lib.core.cache import DiskCache
 from lib.core.cli import run_cli
 from lib.core.errors import UserError
@@ -130,11 +130,6 @@ def _max_length(text: str) -> str | int:
     if not text.isdigit() or int(text) < 2:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number >= 2, got {text!r}")
     return int(text)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UserError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -168,7 +168,7 @@ def _check(f: dataclasses.Field, value: Any, source: str | None = None, given: A
 
 
 def _takes_list(f: dataclasses.Field) -> bool:
-    return bool(f.metadata["nargs"]) or "tuple[" in str(f.type)
+    return bool(f.metadata["nargs"]) or "tuple[" in str(f.type)  # any part of a union: --alpha is str | tuple
 
 
 def _bracketed_list(value: Any) -> Any:
