@@ -324,6 +324,8 @@ class KernelMeter:
 
     def share(self) -> float:
         if not self.wall_seconds:
+            if self.count >= self.skip:  # the run ended inside the window: a profiler left running crashes at exit
+                self.profiler.stop()
             raise RuntimeError(f"KernelMeter: the run ended before step {self.skip + self.steps}")
         return self.kernel_seconds / self.wall_seconds
 
