@@ -7,10 +7,10 @@ import socket
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from lib.core.distributed import leave_process_group
 from lib.finetune.predict import load_run, predict_table
 from lib.finetune.trainer import resume, train_new
 from lib.loop.stop import StopRequest
@@ -49,8 +49,7 @@ def _rank_main(rank: int, world: int, port: int, cfg, resume_path, crash_step) -
         if str(error) != "killed":
             raise
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group()
 
 
 def _launch(cfg=None, resume_path=None, crash_step=None, world=2) -> None:

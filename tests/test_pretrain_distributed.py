@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM
 
+from lib.core.distributed import leave_process_group
 from lib.data.mlm import read_texts
 from lib.model.backbone import train_wordpiece
 from lib.pretrain.trainer import pretrain_new, resume_pretraining
@@ -52,8 +52,7 @@ def _rank_main(rank: int, world: int, port: int, cfg, stop_step, resume_path) ->
         if type(error).__name__ != "TrainingInterrupted":
             raise
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        leave_process_group()
 
 
 def _launch(cfg=None, stop_step=None, resume_path=None, world=2) -> None:

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers.utils import logging as hf_logging
 
+from lib.core.distributed import leave_process_group
 from lib.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ def dashed_flags(argv: Sequence[str]) -> list[str]:
 
 
 def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
-    """Run `main(argv)`; bad input prints `error: ...` on stderr and returns 2, without a traceback."""
+    """Run `main(argv)`; bad input prints `error: ...` on stderr and returns 2, without a traceback.
+    Under torchrun the process group is left before the script exits."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # Under torchrun every process runs the script: only rank 0 speaks below warnings.
     logging.getLogger("lib").setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
@@ -54,3 +56,5 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str] | None = None) -> 
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        leave_process_group()

@@ -8,6 +8,7 @@ gathered logits, so decisions (early stopping, selection) agree without extra me
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +79,18 @@ def init_distributed(requested_device: str, backend: str) -> tuple[Distributed, 
     if not dist.is_initialized():
         dist.init_process_group(backend=chosen, rank=rank, world_size=world_size)
     return Distributed(rank, world_size, local_rank), device
+
+
+def leave_process_group() -> None:
+    """Destroy the process group, if one was joined, while the interpreter is still whole.
+
+    Left to the interpreter's exit, gloo's worker threads can abort the process (SIGABRT) after a
+    run that succeeded. Reference cycles (an exception's traceback holds the DDP model, which holds
+    the group) are collected first, so the group is freed here and not during the exit.
+    """
+    if dist.is_initialized():
+        gc.collect()
+        dist.destroy_process_group()
 
 
 def shard(rows: np.ndarray, ctx: Distributed) -> np.ndarray:

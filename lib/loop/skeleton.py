@@ -75,4 +75,5 @@ def run_loop(task: LoopTask, position: LoopPosition, stop: StopRequest, ctx: Dis
             if ctx.any(stop.should_stop(position.global_step)):
                 if not (evaluated or ended_epoch is not None):
                     task.checkpoint()
+                ctx.barrier()  # no process leaves (and tears down its process group) while rank 0 still saves
                 raise interrupted

@@ -13,7 +13,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch.distributed as dist
 
 from lib.core.cli import CliParser, run_cli
 from lib.core.errors import UserError
@@ -47,9 +46,6 @@ def main(argv: list[str]) -> int:
         if main_rank:
             journal.fail(trial.number, args.worker, str(error))
         raise
-    finally:
-        if dist.is_initialized():  # left to the interpreter's exit, gloo's threads can abort the process
-            dist.destroy_process_group()
     return 0
 
 
