@@ -1,5 +1,5 @@
 """Speed benchmarks of issue 5: our loop against `transformers.Trainer` on the same work, plus the share
-of step time inside kernels, torch.compile, the tokenisation cache and padding efficiency.
+of step time inside kernels, torch.compile, the tokenisation cache, padding efficiency and time to quality.
 
     python -m bench.throughput                          # scratch:tiny, 20000 reviews, 1 epoch, fp32, every part
     python -m bench.throughput --quick                  # smoke version (2000 reviews, 3000 validation rows)
@@ -7,6 +7,7 @@ of step time inside kernels, torch.compile, the tokenisation cache and padding e
     python -m bench.throughput --parts kernels          # share of step time inside kernels, ours and the Trainer's
     python -m bench.throughput --parts compile          # our loop with and without --compile
     python -m bench.throughput --parts cache            # set-up time with a cold and a warm tokenisation cache
+    python -m bench.throughput --parts quality          # training seconds to the Trainer's validation loss
     python -m bench.throughput --repeats 2                  # as reported on issue 5
 
 Every configuration runs in its own fresh process; `--repeats N` runs them all N times, interleaved,
@@ -45,6 +46,16 @@ inductor cache; dynamo's own timers give the compile seconds. The cache part tim
 `--cache-dir` and again with the filled one, for a scratch preset (WordPiece training and
 tokenisation cached) and for the model folder (tokenisation only, as for a hub model).
 
+Time to quality (issue 5, target 2). The Trainer at its faster setting (grouped) trains `--epochs` on the
+work of the main comparison; its final validation loss is the target and its training seconds (timed as
+above) the time to beat. Ours, TrainConfig defaults on the same options (length grouping on), then the
+same with the token budget of 'ours, budget', trains for at most `--quality-epochs` (the linear schedule
+spans them), evaluates every tenth of an epoch (`eval_steps`) and stops at the first evaluation at or
+below the target (`_UntilLoss`, a `StopRequest.prune_after` hook); its time is `result.json`
+train_seconds up to that evaluation. Set-up and evaluations are excluded on both sides. Our batching
+and schedule may differ from the Trainer's; the loss must be reached, and a run that never reaches it
+says so instead of giving a ratio.
+
 Threads. Each side runs with `--threads` torch threads (default 1). On a machine shared with other
 work, OpenMP threads that outnumber the free cores spin-wait on each other and a 2-thread run can be
 10x slower than a 1-thread one, which would swamp the comparison; pass `--threads 0` on an idle
@@ -81,6 +92,7 @@ from transformers import (AutoTokenizer, DataCollatorWithPadding, PreTrainedToke
 
 from lib.core.cache import DiskCache
 from lib.core.cli import run_cli
+from lib.core.distributed import Distributed
 from lib.core.errors import UserError
 from lib.data import batching
 from lib.data.batching import encode, tokenize, trailing_special_tokens, training_batches, truncate
@@ -89,6 +101,7 @@ from lib.data.tables import Columns, read_table
 from lib.finetune.config import TrainConfig
 from lib.finetune.evaluate import predict_logits
 from lib.finetune.predict import load_run, predict_table
+from lib.finetune.prepare import prepare_new
 from lib.finetune.splits import Splits, load_splits
 from lib.finetune.trainer import train_new
 from lib.loop.stop import StopRequest
@@ -97,7 +110,7 @@ from lib.model.backbone import load_classifier, prepare_backbone
 KERNEL_STEPS = 100  # steps the kernel share is measured over (fewer in a short run)
 KERNEL_SKIP = 5  # steps before the kernel share is measured: first-shape kernels and allocator warm-up
 LOSS_TOLERANCE = 0.03  # relative difference of final validation losses flagged as "not the same training"
-PARTS = ("trainer", "kernels", "compile", "cache")
+PARTS = ("trainer", "kernels", "compile", "cache", "quality")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training rows of the cache part (default: all)")
     parser.add_argument("--cache-epochs", type=float, default=0.01,
                         help="epochs of the cache part's runs (only their set-up matters)")
+    parser.add_argument("--quality-epochs", type=float, default=2.0,
+                        help="most epochs of the quality part's runs of ours (they stop at the target loss)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per side; 0 = torch's default")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run every configuration this many times, interleaved, and keep the best of each measure")
@@ -148,6 +163,8 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--parts: unknown {', '.join(sorted(unknown))}; choose among {', '.join(PARTS)}")
     if args.repeats < 1 or args.epochs < 1:
         raise UserError("--repeats and --epochs: expected whole numbers >= 1")
+    if args.quality_epochs <= 0:
+        raise UserError("--quality-epochs: expected a number above 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"command: python -m bench.throughput {shlex.join(argv)}".rstrip())
@@ -175,6 +192,8 @@ def _run_parts(args: argparse.Namespace, parts: list[str], workdir: Path) -> Non
         compile_part(args, base)
     if "cache" in parts:
         cache_part(args, base, workdir)
+    if "quality" in parts:
+        quality_part(args, base)
 
 
 # --- configuration and the shared starting point ---------------------------------------------------
@@ -198,6 +217,12 @@ def _preprocessed(cfg: TrainConfig) -> tuple[Splits, TextPreprocessor, list[str]
                                     cfg.special_pattern_min_count, cfg.num_rare_words_to_remove)
     train_texts = preprocessor.fit(splits.train.texts).transform(splits.train.texts)
     return splits, preprocessor, train_texts, preprocessor.transform(splits.val.texts)
+
+
+def _plan(options: dict[str, Any]) -> dict:
+    """plan.json of a run of `options` without training it: steps, warm-up and max length, known before
+    either side of the quality part trains (ours trains to the Trainer's loss, the Trainer to our plan)."""
+    return prepare_new(TrainConfig(**options), Distributed(), torch.device("cpu")).plan.to_dict()
 
 
 def _build_init_folder(base: dict[str, Any], folder: Path) -> Path:
@@ -348,32 +373,47 @@ class _OursClock(StopRequest):
         return super().prune_after(step, epoch, metrics)
 
 
+class _UntilLoss(_OursClock):
+    """Ends training at the first evaluation whose validation loss is at most `target`: time to quality."""
+
+    def __init__(self, target: float, meter: KernelMeter | None = None) -> None:
+        super().__init__(meter)
+        self.target = target
+
+    def prune_after(self, step: int, epoch: float, metrics: dict[str, float]) -> bool:
+        return super().prune_after(step, epoch, metrics) or metrics["loss"] <= self.target
+
+
 # --- the two sides ---------------------------------------------------------------------------------
 
 def ours_side(options: dict[str, Any], threads: int, *, steady: bool = True, val_csv: str | None = None,
-              kernel_steps: int = 0) -> dict:
+              kernel_steps: int = 0, target_loss: float | None = None) -> dict:
     """Train with `lib.finetune.trainer.train_new`. `steady`: also the steady step rates (re-tokenises the
     training rows to know each step's rows); `val_csv`: also predict that file with the finished run;
-    `kernel_steps`: also the kernel share of that many steps (KernelMeter)."""
+    `kernel_steps`: also the kernel share of that many steps (KernelMeter); `target_loss`: stop at the
+    first evaluation at or below it (_UntilLoss)."""
     _worker_setup(threads)
     cfg = TrainConfig(**options)
     if cfg.compile:  # a cold inductor cache: what the first --compile run on a machine pays
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cfg.output_dir) / f"inductor-{os.getpid()}")
     meter = KernelMeter(KERNEL_SKIP, kernel_steps) if kernel_steps else None
-    stop = _OursClock(meter)
+    stop = _OursClock(meter) if target_loss is None else _UntilLoss(target_loss, meter)
     started = time.perf_counter()
     run = train_new(cfg, overwrite=True, stop=stop)
     wall = time.perf_counter() - started
     result = json.loads(run.result.read_text(encoding="utf-8"))
     records = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    val_losses = [r["loss"] for r in records if r["split"] == "val"]
     clock = stop.clock
     measured = {
         "train_sps": result["train_samples_per_second"],
         "train_seconds": result["train_seconds"],
         "eval_sps": result["eval_samples_per_second"],
         "padding_efficiency": result["padding_efficiency"],
-        "val_loss": [r for r in records if r["split"] == "val"][-1]["loss"],
+        "val_loss": val_losses[-1],
+        "best_val_loss": min(val_losses),
         "steps": result["global_step"],
+        "epochs": result["epochs_completed"],
         "setup_seconds": clock.marks[0][1] - started - clock.median_step_seconds(),
         "wall_seconds": wall,
         "compile_seconds": torch._dynamo.utils.calculate_time_spent()["total_wall_time"] if cfg.compile else 0.0,
@@ -460,10 +500,10 @@ class _TrainerClock(TrainerCallback):
         self.clock.evaluated()
 
 
-def trainer_side(options: dict[str, Any], threads: int, val_csv: str, plan: dict, grouped: bool,
+def trainer_side(options: dict[str, Any], threads: int, val_csv: str | None, plan: dict, grouped: bool,
                  kernel_steps: int = 0) -> dict:
-    """Train the same model on the same rows with `transformers.Trainer`, then predict the same file;
-    `kernel_steps`: also the kernel share of that many steps (KernelMeter)."""
+    """Train the same model on the same rows with `transformers.Trainer`; `val_csv`: then predict that
+    file as ours does; `kernel_steps`: also the kernel share of that many steps (KernelMeter)."""
     _worker_setup(threads)
     started = time.perf_counter()
     cfg = TrainConfig(**options)
@@ -502,33 +542,35 @@ def trainer_side(options: dict[str, Any], threads: int, val_csv: str, plan: dict
     if trainer.state.max_steps != plan["total_steps"]:
         raise RuntimeError(f"Trainer made {trainer.state.max_steps} steps, ours {plan['total_steps']}")
     evaluations = [r for r in trainer.state.log_history if "eval_loss" in r]
-
-    predict_rows = dataset(preprocessor.transform(_read_texts(cfg, val_csv)), None)
-    predict_ids = _timed(lambda: trainer.predict(predict_rows))
-    predict_csv = _timed(lambda: trainer.predict(dataset(preprocessor.transform(_read_texts(cfg, val_csv)), None)))
     _check_same_ids(tokenizer, train_texts, train_rows, max_length, model.config.max_position_embeddings)
     steady_wall, steady_cpu = timer.clock.steady(collator.rows)
-    return {
+    measured = {
         "train_sps": len(train_rows) * cfg.num_train_epochs / timer.seconds,
         "train_seconds": timer.seconds,
         "steady_sps": steady_wall,
         "cpu_sps": steady_cpu,
         "eval_sps": len(val_rows) * len(evaluations) / sum(r["eval_runtime"] for r in evaluations),
-        "predict_ids_sps": len(predict_rows) / predict_ids[0],
-        "predict_ids_cpu_sps": len(predict_rows) / predict_ids[1],
-        "predict_csv_sps": len(predict_rows) / predict_csv[0],
-        "predict_csv_cpu_sps": len(predict_rows) / predict_csv[1],
-        "peak_rss_mib": _peak_rss_mib(),
         "padding_efficiency": collator.real / collator.padded,
         "computed_efficiency": collator.real / collator.padded,
         "val_loss": evaluations[-1]["eval_loss"],
         "steps": trainer.state.global_step,
+        "epochs": trainer.state.epoch,
         "setup_seconds": timer.train_begin - started,
         "threads": torch.get_num_threads(),
         "optimizer": getattr(args.optim, "value", args.optim),
         "transformers": transformers.__version__,
         **({"kernel_share": meter.share()} if meter is not None else {}),
     }
+    if val_csv is not None:
+        predict_rows = dataset(preprocessor.transform(_read_texts(cfg, val_csv)), None)
+        predict_ids = _timed(lambda: trainer.predict(predict_rows))
+        predict_csv = _timed(lambda: trainer.predict(dataset(preprocessor.transform(_read_texts(cfg, val_csv)),
+                                                             None)))
+        rows = len(predict_rows)
+        measured.update({
+            "predict_ids_sps": rows / predict_ids[0], "predict_ids_cpu_sps": rows / predict_ids[1],
+            "predict_csv_sps": rows / predict_csv[0], "predict_csv_cpu_sps": rows / predict_csv[1]})
+    return {**measured, "peak_rss_mib": _peak_rss_mib()}
 
 
 def _check_same_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], rows: list[dict], max_length: int,
@@ -547,10 +589,15 @@ class Column:
     result: dict
 
 
+def _budget_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The setting of 'ours, budget': --max-tokens-per-batch, with 4x --batch-size as its row cap."""
+    return {"max_tokens_per_batch": args.max_tokens_per_batch, "per_device_train_batch_size": 4 * args.batch_size}
+
+
 def trainer_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
     """Ours (grouped, random order, token budget) and the Trainer (random, grouped) on the same work."""
     val_csv = str(Path(base["model"]) / "val.csv")
-    budget = {"max_tokens_per_batch": args.max_tokens_per_batch, "per_device_train_batch_size": 4 * args.batch_size}
+    budget = _budget_options(args)
     plan: dict[str, Any] = {}  # ours grouped runs first in every round; the Trainer takes its max length and steps
 
     def ours_grouped() -> dict:
@@ -690,6 +737,57 @@ def cache_part(args: argparse.Namespace, base: dict[str, Any], workdir: Path) ->
     print("   saved = seconds each later run (sweep trial) with the same data, preprocessing and tokenizer skips")
 
 
+def quality_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
+    """Time to quality: our training seconds, default and with a token budget, until the validation loss
+    the Trainer grouped reaches after --epochs, against the Trainer's seconds for those epochs."""
+    plan = _plan(base)  # the Trainer's steps, warm-up and max length
+    budget = {**base, **_budget_options(args)}
+    target: dict[str, float] = {}  # the Trainer runs first in every round; ours train to its first run's loss
+
+    def trainer_grouped() -> dict:
+        result = _in_subprocess(trainer_side, base, args.threads, None, plan, True)
+        target.setdefault("loss", result["val_loss"])
+        return result
+
+    def ours(options: dict[str, Any], name: str, steps_per_epoch: int) -> Callable[[], dict]:
+        options = {**options, "run_name": name, "num_train_epochs": args.quality_epochs,
+                   "eval_steps": max(1, round(steps_per_epoch / 10))}
+        return lambda: _in_subprocess(ours_side, options, args.threads, steady=False, target_loss=target["loss"])
+
+    results = _rounds(args.repeats, {
+        "Trainer grouped": trainer_grouped,
+        "ours default": ours(base, "quality-default", plan["steps_per_epoch"]),
+        f"ours budget{args.max_tokens_per_batch}": ours(budget, "quality-budget", _plan(budget)["steps_per_epoch"]),
+    })
+    _print_quality(args, results)
+
+
+def _print_quality(args: argparse.Namespace, results: dict[str, dict]) -> None:
+    trainer = results["Trainer grouped"]
+    target, seconds = trainer["val_loss"], trainer["train_seconds"]
+    print(f"\n== time to quality: training seconds to the validation loss of Trainer grouped after {args.epochs} "
+          f"epoch(s), {target:.4f}; ours (TrainConfig defaults) evaluate every ~0.1 epoch for at most "
+          f"{args.quality_epochs:g} epochs; scratch:{args.preset}, {args.train_samples} train rows, batch "
+          f"{args.batch_size}, {args.precision}, {trainer['threads']} thread(s) per side, "
+          f"best of {args.repeats} run(s)")
+    print(f"   re-run: {_rerun(args, 'quality')}")
+    columns = [Column(title, {**r, "ratio": f"{seconds / r['train_seconds']:.2f}x" if r["val_loss"] <= target
+                              else "not reached"}) for title, r in results.items()]
+    _print_table(columns, [
+        ("val loss at the stop", "val_loss", "{:.4f}"),
+        ("optimizer steps", "steps", "{:d}"),
+        ("epochs trained", "epochs", "{:.2f}"),
+        ("train seconds (eval excluded)", "train_seconds", "{:.1f}"),
+        ("Trainer seconds / ours", "ratio", "{}"),
+    ])
+    for title, r in results.items():
+        if r["val_loss"] > target:
+            print(f"   {title}: not reached within {args.quality_epochs:g} epochs: best loss {r['best_val_loss']:.4f}")
+    print(f"   budget column: --max-tokens-per-batch {args.max_tokens_per_batch} with --batch-size "
+          f"{_budget_options(args)['per_device_train_batch_size']} as the row cap")
+    print("   target (issue 5): Trainer seconds / ours >= 1.5x; set-up and evaluations excluded on both sides")
+
+
 def _rerun(args: argparse.Namespace, part: str) -> str:
     """The command that repeats one part, every setting of this invocation spelled out."""
     flags = ["--parts", part, "--train-file", args.train_file, "--preset", args.preset,
@@ -698,8 +796,10 @@ def _rerun(args: argparse.Namespace, part: str) -> str:
              "--precision", args.precision, "--lr", str(args.lr), "--weight-decay", str(args.weight_decay),
              "--warmup-ratio", str(args.warmup_ratio), "--threads", str(args.threads), "--seed", str(args.seed),
              "--repeats", str(args.repeats)]
-    if part == "trainer":
+    if part in ("trainer", "quality"):
         flags += ["--max-tokens-per-batch", str(args.max_tokens_per_batch)]
+    if part == "quality":
+        flags += ["--quality-epochs", str(args.quality_epochs)]
     if part == "cache":
         flags += ["--cache-epochs", str(args.cache_epochs)]
         if args.cache_train_samples:

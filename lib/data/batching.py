@@ -155,7 +155,8 @@ def padded_width(length: int, multiple: int) -> int:
 
 
 def training_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool,
-                     max_tokens: int | None = None, pad_to_multiple_of: int = 8) -> list[np.ndarray]:
+                     max_tokens: int | None = None, pad_to_multiple_of: int = 8,
+                     megabatch_batches: int = MEGABATCH_BATCHES) -> list[np.ndarray]:
     """The batches of one epoch, deterministic in (seed, epoch).
 
     With grouping: shuffle, sort by length within megabatches, cut into batches, shuffle the batch
@@ -168,7 +169,7 @@ def training_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int
     order = generator.permutation(len(lengths))
     if not group_by_length:
         return _cut(order, lengths, batch_size, max_tokens, pad_to_multiple_of)
-    mega = batch_size * MEGABATCH_BATCHES
+    mega = batch_size * megabatch_batches
     batches = []
     for start in range(0, len(order), mega):
         chunk = order[start:start + mega]

@@ -1,0 +1,421 @@
+"""The speed issue's levers, each measured on and off in one process over the same batches.
+
+    python bench/levers.py --threads 2                      # scratch:tiny, fp32, every lever
+    python bench/levers.py --preset mini --precision bf16 --levers attention,dropout
+    python bench/levers.py --quick                          # smoke version (fewer rows and steps)
+
+Training levers time our real step (`ClassifierObjective` -> `accumulate_window` -> `optimizer_step`,
+fused AdamW) over the same length-grouped batches of NSMC-4 reviews, each configuration on its own
+copy of one initial model; prediction levers time `predict_logits` over the validation rows. The
+configurations of a lever alternate (A B A B ...) `--repeats` times and the fastest pass of each
+counts, so a slow spell of a shared machine hits all of them alike; ratios are to the lever's
+first row (what the product does today). What each lever changes:
+
+- order: the same batches in our shuffled order, longest first, shortest first.
+- grouping: rows sorted by length within megabatches of 10, 50 (ours, as HF) or all batches; the
+  padding each leaves (real / computed tokens) and the time of an epoch's worth of its batches.
+- loss: our FocalLoss at gamma 0 (cross entropy through the general path) against F.cross_entropy.
+- gradnorm: clipping with the norm kept on the device (ours), with `.item()` read every step, none.
+- dropout: the model's dropout (0.1) against none (what dropout costs), and against dropout
+  masks drawn as `rand_like(x) >= p` instead of torch's `bernoulli_` (same distribution).
+- attention: SDPA (the transformers default) against the eager attention.
+- compile: eager at exact widths against `torch.compile(dynamic=False)` on widths rounded up to a
+  few buckets (16, 32, 64, 128, ...): compile seconds apart, steady time after every bucket compiled.
+- predict-precision: fp32, bf16 autocast, bf16 weights; rows/s and how often the argmax agrees.
+- predict-batching: 256 rows per batch against batches closed at a token budget.
+
+Pinned memory and non-blocking copies only matter on CUDA and are not measured here.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (python bench/levers.py): import from the repository root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import copy
+import math
+import multiprocessing
+import os
+import shlex
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from lib.core.cli import run_cli
+from lib.core.device import autocast
+from lib.core.distributed import Distributed
+from lib.core.errors import UserError
+from lib.data import batching
+from lib.data.batching import EncodedTexts, collate, sorted_batches, training_batches
+from lib.finetune.config import TrainConfig
+from lib.finetune.evaluate import predict_logits
+from lib.finetune.losses import FocalLoss
+from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
+from lib.finetune.prepare import prepare_new
+from bench.throughput import _Parser
+
+LEVERS = ("order", "grouping", "loss", "gradnorm", "dropout", "attention", "compile", "predict-precision",
+          "predict-batching")
+WARMUP_STEPS = 3  # steps before timing: first-shape kernels and allocator warm-up
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python bench/levers.py", description=__doc__.split("\n\n")[0],
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--levers", default=",".join(LEVERS), help="comma-separated: " + ", ".join(LEVERS))
+    parser.add_argument("--quick", action="store_true", help="smoke version: 1000 rows, 6 steps, 1 repeat")
+    parser.add_argument("--preset", default="tiny", choices=("tiny", "mini"), help="scratch: model preset")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="training precision")
+    parser.add_argument("--train-file", default="data/train.csv")
+    parser.add_argument("--rows", type=int, default=8000, help="training rows (a stratified subset)")
+    parser.add_argument("--val-size", type=float, default=None,
+                        help="validation fraction of --train-file (default 0.02; 0.005 with --quick)")
+    parser.add_argument("--warm-steps", type=int, default=250,
+                        help="steps the model trains before the levers: argmax agreement means little at random init")
+    parser.add_argument("--steps", type=int, default=60, help="training steps timed per configuration and pass")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--eval-batch-size", type=int, default=256)
+    parser.add_argument("--token-budgets", default="4096,8192,16384", help="predict-batching: tokens per batch")
+    parser.add_argument("--buckets", default="16,32,64,128", help="compile: static widths (the model's limit too)")
+    parser.add_argument("--repeats", type=int, default=3, help="passes per configuration, interleaved")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads; 0 = torch's default")
+    parser.add_argument("--seed", type=int, default=42)
+    return parser
+
+
+@dataclass
+class Bench:
+    """What every lever measures on: one initial model, its training batches and the validation rows."""
+
+    model: PreTrainedModel
+    train: EncodedTexts
+    batches: list[np.ndarray]  # our length-grouped order of one epoch, cut to --steps after warm-up
+    val: EncodedTexts
+    args: argparse.Namespace
+
+    def fresh_model(self) -> PreTrainedModel:
+        return copy.deepcopy(self.model).train()
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.quick:
+        args.rows, args.steps, args.repeats, args.warm_steps = 1000, 6, 1, 10
+    if args.val_size is None:
+        args.val_size = 0.005 if args.quick else 0.02
+    levers = [name.strip() for name in args.levers.split(",") if name.strip()]
+    unknown = set(levers) - set(LEVERS)
+    if unknown:
+        raise UserError(f"--levers: unknown {', '.join(sorted(unknown))}; choose among {', '.join(LEVERS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"command: python bench/levers.py {shlex.join(argv)}".rstrip())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {multiprocessing.cpu_count()} CPU(s); "
+          f"scratch:{args.preset}, {args.precision}, batch {args.batch_size}, {args.steps} steps x {args.repeats}")
+    bench = _prepare(args)
+    for name in levers:
+        print(f"\n## {name}")
+        MEASURES[name](bench)
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> Bench:
+    """The data, model and batches train.py would prepare for these options, after --warm-steps of training."""
+    cfg = TrainConfig(train_file=args.train_file, max_train_samples=args.rows, val_size=args.val_size,
+                      model=f"scratch:{args.preset}", precision=args.precision, seed=args.seed, cache_dir=None,
+                      output_dir="unused")
+    prepared = prepare_new(cfg, Distributed(), torch.device("cpu"))
+    exact = lambda data: EncodedTexts(data.input_ids, data.labels, data.pad_token_id, 1)  # widths as they are
+    train, val = exact(prepared.train_data), exact(prepared.val_data)
+    batches = training_batches(train.lengths, args.batch_size, args.seed, 0, True)
+    bench = Bench(prepared.model, train, batches[:WARMUP_STEPS + args.steps], val, args)
+    started = time.perf_counter()
+    warm = batches[:args.warm_steps]
+    _train_seconds(bench, model=bench.model, batches=warm, learning_rate=prepared.plan.learning_rate)
+    print(f"{len(train)} training rows ({np.mean(train.lengths):.1f} tokens on average), {len(val)} validation rows, "
+          f"max length {prepared.plan.max_length}; the model trained {len(warm)} steps first "
+          f"({time.perf_counter() - started:.0f} s)")
+    return bench
+
+
+# --- timing ----------------------------------------------------------------------------------------
+
+def _fastest(configurations: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Seconds of each configuration: its fastest of `repeats` passes, the passes interleaved."""
+    best = {name: math.inf for name in configurations}
+    for _ in range(repeats):
+        for name, run in configurations.items():
+            best[name] = min(best[name], run())
+    return best
+
+
+def _train_seconds(bench: Bench, *, model: PreTrainedModel | None = None, batches: list[np.ndarray] | None = None,
+                   data: EncodedTexts | None = None, loss_fn: torch.nn.Module | None = None,
+                   after_step: Callable[[torch.Tensor], None] | None = None, max_grad_norm: float = 1.0,
+                   precision: str | None = None, collate_fn: Callable = collate, learning_rate: float = 1e-4
+                   ) -> float:
+    """Seconds of our training step over `batches` after the first WARMUP_STEPS (collate included)."""
+    model = model if model is not None else bench.fresh_model()
+    data = data if data is not None else bench.train
+    batches = batches if batches is not None else bench.batches
+    device = torch.device("cpu")
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, fused=True)
+    objective = ClassifierObjective(loss_fn or FocalLoss(model.config.num_labels), precision or bench.args.precision,
+                                    device)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    started = 0.0
+    for index, rows in enumerate(batches):
+        if index == WARMUP_STEPS:
+            started = time.perf_counter()
+        accumulate_window(model, [collate_fn(data, rows)], objective, WindowShare(len(rows), scaler))
+        outcome = optimizer_step(parameters, optimizer, scaler, max_grad_norm)
+        if after_step is not None:
+            after_step(outcome.grad_norm)
+    return time.perf_counter() - started
+
+
+def _predict_seconds(bench: Bench, model: PreTrainedModel, precision: str, batch_size: int | None = None,
+                     batches: list[np.ndarray] | None = None) -> tuple[float, np.ndarray]:
+    """Seconds to score the validation rows (after one untimed pass) and the logits."""
+    if batches is None:
+        run = lambda: predict_logits(model, bench.val, batch_size or bench.args.eval_batch_size, precision,
+                                     torch.device("cpu"), "predict", False)
+    else:
+        run = lambda: _predict_batches(model, bench.val, batches, precision)
+    run()
+    started = time.perf_counter()
+    logits = run()
+    return time.perf_counter() - started, logits
+
+
+def _predict_batches(model: PreTrainedModel, data: EncodedTexts, batches: list[np.ndarray], precision: str
+                     ) -> np.ndarray:
+    logits = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
+    model.eval()
+    with torch.inference_mode():
+        for rows in batches:
+            batch = collate(data, rows)
+            with autocast(precision, torch.device("cpu")):
+                logits[rows] = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                                     ).logits.float().numpy()
+    return logits
+
+
+def _report(seconds: dict[str, float], work: float, unit: str, notes: dict[str, str] | None = None) -> None:
+    """One line per configuration: its rate (`work` units over its seconds) and its speed against the first."""
+    baseline = next(iter(seconds.values()))
+    for name, value in seconds.items():
+        note = f"  {notes[name]}" if notes and name in notes else ""
+        print(f"  {name:44} {work / value:9.0f} {unit}/s  {baseline / value:5.2f}x{note}")
+
+
+def _timed_rows(bench: Bench) -> int:
+    return sum(len(rows) for rows in bench.batches[WARMUP_STEPS:])
+
+
+# --- the levers ------------------------------------------------------------------------------------
+
+def order_lever(bench: Bench) -> None:
+    timed = bench.batches[WARMUP_STEPS:]
+    width = lambda rows: int(bench.train.lengths[rows].max())
+    orders = {"shuffled batch order (ours)": timed, "longest batches first": sorted(timed, key=width, reverse=True),
+              "shortest batches first": sorted(timed, key=width)}
+    head = bench.batches[:WARMUP_STEPS]
+    seconds = _fastest({name: (lambda b=b: _train_seconds(bench, batches=head + b)) for name, b in orders.items()},
+                       bench.args.repeats)
+    _report(seconds, _timed_rows(bench), "samples")
+
+
+def grouping_lever(bench: Bench) -> None:
+    """Rows per second over as many batches as --steps, for megabatches of several sizes."""
+    lengths, args = bench.train.lengths, bench.args
+    steps = WARMUP_STEPS + args.steps
+    plans, notes = {}, {}
+    for name, megabatch in (("megabatch 50 batches (ours, HF's)", 50), ("megabatch 10 batches", 10),
+                            ("one megabatch (whole epoch sorted)", -(-len(lengths) // bench.args.batch_size)), ("no grouping", 0)):
+        batches = _grouped(lengths, args.batch_size, args.seed, megabatch)
+        plans[name] = batches[:steps]
+        notes[name] = f"padding efficiency {batching.padding_efficiency(lengths, batches):.3f} over the epoch"
+    seconds = _fastest({name: (lambda b=b: _train_seconds(bench, batches=b)) for name, b in plans.items()},
+                       args.repeats)
+    rows = {name: sum(len(r) for r in b[WARMUP_STEPS:]) for name, b in plans.items()}
+    tokens = {name: sum(int(lengths[r].sum()) for r in b[WARMUP_STEPS:]) for name, b in plans.items()}
+    baseline = tokens[next(iter(plans))] / seconds[next(iter(plans))]
+    for name in plans:  # rows differ in length from one grouping to the next: real tokens per second compare them
+        rate = tokens[name] / seconds[name]
+        print(f"  {name:44} {rate:9.0f} real tokens/s  {rate / baseline:5.2f}x  "
+              f"({rows[name] / seconds[name]:.0f} samples/s; {notes[name]})")
+
+
+def _grouped(lengths: np.ndarray, batch_size: int, seed: int, megabatch: int) -> list[np.ndarray]:
+    """`training_batches` sorted within megabatches of `megabatch` batches (0: no grouping)."""
+    return training_batches(lengths, batch_size, seed, 0, megabatch > 0, megabatch_batches=max(1, megabatch))
+
+
+class _CrossEntropy(torch.nn.Module):
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels, reduction="none")
+
+
+def loss_lever(bench: Bench) -> None:
+    seconds = _fastest({"FocalLoss, gamma 0 (ours)": lambda: _train_seconds(bench),
+                        "F.cross_entropy": lambda: _train_seconds(bench, loss_fn=_CrossEntropy())},
+                       bench.args.repeats)
+    _report(seconds, _timed_rows(bench), "samples")
+
+
+def gradnorm_lever(bench: Bench) -> None:
+    seconds = _fastest({"clip, norm kept on the device (ours)": lambda: _train_seconds(bench),
+                        "clip, norm read with .item() every step": lambda: _train_seconds(
+                            bench, after_step=lambda norm: norm.item()),
+                        "no clipping (norm still computed)": lambda: _train_seconds(bench, max_grad_norm=0.0)},
+                       bench.args.repeats)
+    _report(seconds, _timed_rows(bench), "samples")
+
+
+class RandDropout(torch.nn.Module):
+    """Inverted dropout with the mask drawn as `rand_like(x) >= p` (same distribution as torch's)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * (torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p))
+
+
+def _with_dropout(bench: Bench, make: Callable[[float], torch.nn.Module]) -> PreTrainedModel:
+    """A fresh model whose dropout modules are `make(p)` (the attention's too: SDPA reads its `p`)."""
+    model = bench.fresh_model()
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.Dropout):
+                setattr(parent, name, make(child.p))
+    return model
+
+
+def dropout_lever(bench: Bench) -> None:
+    seconds = _fastest({"torch dropout (ours)": lambda: _train_seconds(bench),
+                        "masks from rand_like >= p": lambda: _train_seconds(bench,
+                                                                            model=_with_dropout(bench, RandDropout)),
+                        "no dropout (what dropout costs)": lambda: _train_seconds(bench,
+                                                                                  model=_with_dropout(bench, lambda p: torch.nn.Dropout(0.0)))},
+                       bench.args.repeats)
+    _report(seconds, _timed_rows(bench), "samples")
+
+
+def _with_attention(bench: Bench, implementation: str) -> PreTrainedModel:
+    model = bench.fresh_model()
+    model.set_attn_implementation(implementation)
+    return model
+
+
+def attention_lever(bench: Bench) -> None:
+    print(f"  the model's own: {bench.model.config._attn_implementation}")
+    seconds = _fastest({"training, SDPA": lambda: _train_seconds(bench, model=_with_attention(bench, "sdpa")),
+                        "training, eager": lambda: _train_seconds(bench, model=_with_attention(bench, "eager"))},
+                       bench.args.repeats)
+    _report(seconds, _timed_rows(bench), "samples")
+    models = {name: _with_attention(bench, name) for name in ("sdpa", "eager")}
+    seconds = _fastest({f"prediction, {name}": (lambda m=m: _predict_seconds(bench, m, bench.args.precision)[0])
+                        for name, m in models.items()}, bench.args.repeats)
+    _report(seconds, len(bench.val), "rows")
+
+
+def compile_lever(bench: Bench) -> None:
+    buckets = sorted(int(b) for b in bench.args.buckets.split(","))
+    longest = int(bench.train.lengths.max())
+    buckets = [b for b in buckets if b < longest] + [longest]
+    widths = {int(bench.train.lengths[rows].max()) for rows in bench.batches}
+    print(f"  buckets {buckets}; the timed batches have {len(widths)} distinct exact widths")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="levers-inductor-")  # cold: the first run's cost
+    compiled = torch.compile(bench.fresh_model(), dynamic=False)
+    to_bucket = lambda data, rows: _bucket_padded(collate(data, rows), buckets, data.pad_token_id)
+    started = time.perf_counter()  # a batch of each width compiles every graph before timing
+    _train_seconds(bench, model=compiled, batches=_one_batch_per_bucket(bench, buckets), collate_fn=to_bucket)
+    compile_seconds = time.perf_counter() - started
+    seconds = _fastest({"eager, exact widths (ours)": lambda: _train_seconds(bench),
+                        "compiled, bucketed static widths": lambda: _train_seconds(bench, model=compiled,
+                                                                                   collate_fn=to_bucket)},
+                       bench.args.repeats)
+    _report(seconds, _timed_rows(bench), "samples",
+            {"compiled, bucketed static widths": f"after {compile_seconds:.0f} s compiling {len(buckets)} widths"})
+
+
+def _bucket_padded(batch: dict[str, torch.Tensor], buckets: list[int], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """`batch` padded on the right up to the smallest bucket that holds it (the mask hides the padding)."""
+    width = batch["input_ids"].shape[1]
+    extra = next(b for b in buckets if b >= width) - width
+    return {**batch, "input_ids": F.pad(batch["input_ids"], (0, extra), value=pad_token_id),
+            "attention_mask": F.pad(batch["attention_mask"], (0, extra), value=0)}
+
+
+def _one_batch_per_bucket(bench: Bench, buckets: list[int]) -> list[np.ndarray]:
+    """One timed batch of each shape (rows, bucket) the timed batches have, after WARMUP_STEPS untimed ones."""
+    lengths, shapes = bench.train.lengths, {}
+    for rows in bench.batches:
+        shapes.setdefault((len(rows), next(b for b in buckets if b >= lengths[rows].max())), rows)
+    return bench.batches[:WARMUP_STEPS] + list(shapes.values())
+
+
+def predict_precision_lever(bench: Bench) -> None:
+    model = bench.fresh_model().eval()
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    runs = {"fp32": (model, "fp32"), "bf16 autocast": (model, "bf16"), "bf16 weights": (half, "fp32")}
+    logits: dict[str, np.ndarray] = {}
+
+    def timed(name: str) -> float:
+        seconds, logits[name] = _predict_seconds(bench, *runs[name])
+        return seconds
+
+    seconds = _fastest({name: (lambda n=name: timed(n)) for name in runs}, bench.args.repeats)
+    reference = logits["fp32"].argmax(1)
+    notes = {name: f"argmax agrees with fp32 on {np.mean(out.argmax(1) == reference):.4f} of rows, "
+                   f"max |logit diff| {np.abs(out - logits['fp32']).max():.3g}" for name, out in logits.items()}
+    _report(seconds, len(bench.val), "rows", notes)
+
+
+def predict_batching_lever(bench: Bench) -> None:
+    model = bench.fresh_model().eval()
+    lengths = bench.val.lengths
+    plans = {f"{bench.args.eval_batch_size} rows per batch (ours)": sorted_batches(lengths, bench.args.eval_batch_size)}
+    for budget in (int(b) for b in bench.args.token_budgets.split(",")):
+        plans[f"token budget {budget}"] = _token_budget_batches(lengths, budget)
+    notes = {name: f"{len(b)} batches" for name, b in plans.items()}
+    seconds = _fastest({name: (lambda b=b: _predict_seconds(bench, model, bench.args.precision, batches=b)[0])
+                        for name, b in plans.items()}, bench.args.repeats)
+    _report(seconds, len(bench.val), "rows", notes)
+
+
+def _token_budget_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Longest first; a batch closes before its rows x longest row would pass `budget` tokens."""
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        rows = max(1, budget // int(lengths[order[start]]))
+        batches.append(order[start:start + rows])
+        start += rows
+    return batches
+
+
+MEASURES: dict[str, Callable[[Bench], None]] = {
+    "order": order_lever, "grouping": grouping_lever, "loss": loss_lever, "gradnorm": gradnorm_lever,
+    "dropout": dropout_lever, "attention": attention_lever, "compile": compile_lever,
+    "predict-precision": predict_precision_lever, "predict-batching": predict_batching_lever,
+}
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
