@@ -23,6 +23,7 @@ from lib.ensemble.pooling import AVERAGE_MODES
 from lib.ensemble.soup import SOUP_METRICS, soup
 from lib.ensemble.train import train_ensemble
 from lib.ensemble.vote import vote
+from lib.finetune.predict import INFERENCE_PRECISIONS, Inference
 from lib.loop.stop import StopRequest, TrainingInterrupted
 from lib.search import TrialState
 from lib.search.sweep import SweepFolder, open_sweep
@@ -71,6 +72,8 @@ def _build_parser() -> argparse.ArgumentParser:
     combine.add_argument("--batch-size", type=checked_number(int, at_least=1), default=None,
                          help="default: each run's eval batch size")
     combine.add_argument("--device", default="auto", help="auto (default), cpu or cuda[:N]")
+    combine.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="run",
+                         help="of the test predictions; run (default): each run's training precision")
     combine.add_argument("--quiet", action="store_true", help="no progress bars")
 
     mix = commands.add_parser(
@@ -134,8 +137,8 @@ def main(argv: list[str]) -> int:
         return 0
     report = vote(args.runs, test=args.test, out=args.out, average=args.average, weights=args.weights,
                   stack=args.stack, calibrate=args.calibrate, prior_correction=args.prior_correction,
-                  save=args.save, overwrite=args.overwrite, pred_column=args.pred_column, device=args.device,
-                  show_progress=progress_enabled(args.quiet), batch_size=args.batch_size)
+                  save=args.save, overwrite=args.overwrite, pred_column=args.pred_column,
+                  inference=Inference(args.device, args.batch_size, args.precision, progress_enabled(args.quiet)))
     print(report)
     return 0
 

@@ -22,7 +22,7 @@ first row (what the product does today). What each lever changes:
 - compile: eager at exact widths against `torch.compile(dynamic=False)` on widths rounded up to a
   few buckets (16, 32, 64, 128, ...): compile seconds apart, steady time after every bucket compiled.
 - predict-precision: fp32, bf16 autocast, bf16 weights; rows/s and how often the argmax agrees.
-- predict-batching: 256 rows per batch against batches closed at a token budget.
+- predict-batching: 256 rows per batch against batches also closed at a token budget.
 
 Pinned memory and non-blocking copies only matter on CUDA and are not measured here.
 """
@@ -135,8 +135,7 @@ def _prepare(args: argparse.Namespace) -> Bench:
                       model=f"scratch:{args.preset}", precision=args.precision, seed=args.seed, cache_dir=None,
                       output_dir="unused")
     prepared = prepare_new(cfg, Distributed(), torch.device("cpu"))
-    exact = lambda data: EncodedTexts(data.input_ids, data.labels, data.pad_token_id, 1)  # widths as they are
-    train, val = exact(prepared.train_data), exact(prepared.val_data)
+    train, val = prepared.train_data, prepared.val_data  # padded as train.py pads (pad_multiple)
     batches = training_batches(train.lengths, args.batch_size, args.seed, 0, True)
     bench = Bench(prepared.model, train, batches[:WARMUP_STEPS + args.steps], val, args)
     started = time.perf_counter()
@@ -391,24 +390,15 @@ def predict_precision_lever(bench: Bench) -> None:
 def predict_batching_lever(bench: Bench) -> None:
     model = bench.fresh_model().eval()
     lengths = bench.val.lengths
-    plans = {f"{bench.args.eval_batch_size} rows per batch (ours)": sorted_batches(lengths, bench.args.eval_batch_size)}
+    rows = bench.args.eval_batch_size
+    plans = {f"{rows} rows per batch": sorted_batches(lengths, rows)}
     for budget in (int(b) for b in bench.args.token_budgets.split(",")):
-        plans[f"token budget {budget}"] = _token_budget_batches(lengths, budget)
+        ours = " (ours on a CPU)" if budget == batching.CPU_PREDICTION_TOKENS else ""
+        plans[f"{rows} rows or {budget} tokens{ours}"] = sorted_batches(lengths, rows, budget)
     notes = {name: f"{len(b)} batches" for name, b in plans.items()}
     seconds = _fastest({name: (lambda b=b: _predict_seconds(bench, model, bench.args.precision, batches=b)[0])
                         for name, b in plans.items()}, bench.args.repeats)
     _report(seconds, len(bench.val), "rows", notes)
-
-
-def _token_budget_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
-    """Longest first; a batch closes before its rows x longest row would pass `budget` tokens."""
-    order = np.argsort(-lengths, kind="stable")
-    batches, start = [], 0
-    while start < len(order):
-        rows = max(1, budget // int(lengths[order[start]]))
-        batches.append(order[start:start + rows])
-        start += rows
-    return batches
 
 
 MEASURES: dict[str, Callable[[Bench], None]] = {

@@ -84,6 +84,7 @@ from lib.finetune.config import CLASSICAL_MODEL, TrainConfig, build_train_parser
 from lib.finetune.evaluate import predict_logits
 from lib.finetune.losses import FocalLoss, auto_alpha
 from lib.finetune.metrics import classification_metrics
+from lib.finetune.predict import Inference
 from lib.finetune.trainer import train_new
 from lib.model.backbone import learning_rate_for, prepare_backbone, scratch_preset
 
@@ -497,8 +498,7 @@ def _vote(paths: list[Path], folder: Path) -> dict:
     from lib.ensemble.vote import vote
 
     vote(paths, test=None, out=folder / "unused.csv", average="logits", weights=None, stack=False, calibrate=None,
-         prior_correction=None, save=folder, overwrite=True, pred_column="pred", device="cpu", show_progress=False,
-         batch_size=None)
+         prior_correction=None, save=folder, overwrite=True, pred_column="pred", inference=Inference(device="cpu"))
     saved = np.load(folder / "val_logits.npz")
     logits, labels = saved["logits"].astype(np.float32), saved["labels"].astype(np.int64)
     scores = classification_metrics(logits, labels, FocalLoss(logits.shape[1]), [str(k) for k in range(logits.shape[1])])

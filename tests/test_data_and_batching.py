@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from lib.core.errors import UserError
-from lib.data.batching import EncodedTexts, collate, padding_efficiency, sorted_batches, training_batches
+from lib.data.batching import (CPU_PREDICTION_TOKENS, EncodedTexts, collate, padding_efficiency,
+                               prediction_token_budget, sorted_batches, training_batches)
 from lib.data.tables import Columns, read_table, stratified_sample, stratified_split
 from lib.loop.optim import DecayByShape, build_adamw
 from tests.conftest import write_reviews
@@ -73,6 +75,22 @@ def test_grouping_by_length_cuts_padding_and_puts_the_longest_batch_first():
     assert padding_efficiency(lengths, grouped) > 0.9 > padding_efficiency(lengths, shuffled)
     assert lengths[grouped[0]].max() == lengths.max()
     assert padding_efficiency(lengths, sorted_batches(lengths, 32)) >= padding_efficiency(lengths, grouped)
+
+
+def test_prediction_batches_by_a_token_budget_hold_every_row_once_longest_first_within_both_caps():
+    lengths = np.random.default_rng(0).integers(3, 90, size=500)
+    batches = sorted_batches(lengths, 64, max_tokens=1000)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(500))
+    assert all(len(rows) <= 64 and len(rows) * lengths[rows].max() <= 1000 for rows in batches)
+    assert max(len(rows) for rows in batches) == 64  # short rows reach the row cap
+    widths = [lengths[rows].max() for rows in batches]
+    assert widths == sorted(widths, reverse=True)
+    assert len(sorted_batches(np.array([5000, 3]), 64, max_tokens=1000)[0]) == 1  # a row above the budget alone
+
+
+def test_a_cpu_predicts_in_token_budgeted_batches_and_a_gpu_by_rows_alone():
+    assert prediction_token_budget(torch.device("cpu")) == CPU_PREDICTION_TOKENS
+    assert prediction_token_budget(torch.device("cuda", 0)) is None
 
 
 @pytest.mark.parametrize("multiple, width", [(8, 8), (1, 6)])

@@ -15,6 +15,7 @@ from lib.core.errors import UserError
 from lib.ensemble.vote import vote
 from lib.finetune.classical import train_classical
 from lib.finetune.config import TrainConfig
+from lib.finetune.predict import Inference
 from lib.finetune.trainer import train_new
 from lib.model.tfidf import ABSENT_CLASS_LOG_PROBABILITY, TfidfClassifier
 from tests.conftest import tiny_config
@@ -151,7 +152,7 @@ def test_a_tfidf_run_votes_with_a_neural_run(tfidf_run, toy_data, tmp_path, caps
     neural = train_new(tiny_config(toy_data, tmp_path / "n"))
     runs, test = [tfidf_run.path, neural.path], toy_data["test"]
     options = dict(average="logits", stack=False, calibrate=None, prior_correction=None, overwrite=False,
-                   pred_column="pred", device="cpu", show_progress=False, batch_size=None)
+                   pred_column="pred", inference=Inference(device="cpu"))
     report = vote(runs, test=test, out=tmp_path / "alone.csv", weights="1,0", save=None, **options)
     assert "(tfidf)" in report and "(scratch:tiny)" in report and "validation: 120 rows" in report
     # all the weight on the tfidf member: the ensemble's test scores are that member's own

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import predict
+from lib.core.cli import run_cli
 from lib.finetune.run_folder import RunFolder
 from lib.finetune.trainer import resume, train_new
 from lib.loop.stop import StopRequest, TrainingInterrupted
@@ -55,11 +56,16 @@ def test_tensorboard_has_the_documented_curves(trained_run):
     assert "val/report/text_summary" in events.Tags()["tensors"]
 
 
+def _write_validation_rows(run: RunFolder, path) -> dict:
+    """The run's validation rows as a file to predict; returns its saved validation logits."""
+    saved = np.load(run.val_logits)
+    rows = pd.read_csv(json.loads(run.config.read_text())["train_file"]).set_index("ID").loc[saved["ids"]]
+    rows.reset_index()[["ID", "review"]].to_csv(path, index=False)
+    return saved
+
+
 def test_predict_reproduces_the_saved_validation_logits(trained_run, tmp_path, capsys):
-    saved = np.load(trained_run.val_logits)
-    config = json.loads(trained_run.config.read_text())
-    rows = pd.read_csv(config["train_file"]).set_index("ID").loc[saved["ids"]].reset_index()
-    rows[["ID", "review"]].to_csv(tmp_path / "val.csv", index=False)
+    saved = _write_validation_rows(trained_run, tmp_path / "val.csv")
     code = predict.main([str(trained_run.path), "--test", str(tmp_path / "val.csv"), "--out",
                          str(tmp_path / "sub.csv"), "--logits-out", str(tmp_path / "logits.npz"), "--quiet"])
     assert code == 0
@@ -71,6 +77,17 @@ def test_predict_reproduces_the_saved_validation_logits(trained_run, tmp_path, c
     assert (submission["pred"].to_numpy() == saved["logits"].argmax(1)).all()
     out = capsys.readouterr().out
     assert "predicted" in out and "training" in out and "%" in out
+
+
+def test_predict_in_bf16_is_close_to_the_fp32_logits_and_fp16_needs_cuda(trained_run, tmp_path, capsys):
+    saved = _write_validation_rows(trained_run, tmp_path / "val.csv")
+    argv = [str(trained_run.path), "--test", str(tmp_path / "val.csv"), "--out", str(tmp_path / "sub.csv"), "--quiet"]
+    assert run_cli(predict.main, [*argv, "--logits-out", str(tmp_path / "bf16.npz"), "--precision", "bf16"]) == 0
+    bf16 = np.load(tmp_path / "bf16.npz")["logits"]
+    assert not np.array_equal(bf16, saved["logits"])  # it did compute in bf16 ...
+    np.testing.assert_allclose(bf16, saved["logits"], atol=0.1)  # ... within bf16's ~3 significant digits
+    assert run_cli(predict.main, [*argv, "--precision", "fp16", "--device", "cpu"]) == 2
+    assert "--precision fp16: needs a CUDA device" in capsys.readouterr().err
 
 
 def test_submission_covers_the_test_file(trained_run, toy_data):

@@ -25,7 +25,7 @@ from lib.core.errors import UserError
 from lib.data.tables import positions, table_columns
 from lib.ensemble.pooling import equal_weights, pool
 from lib.finetune.config import TrainConfig
-from lib.finetune.predict import load_run, predict_table
+from lib.finetune.predict import Inference, load_run, predict_run_table
 from lib.finetune.run_folder import INCOMPLETE_SUFFIX, RunFolder
 
 log = logging.getLogger(__name__)
@@ -150,8 +150,8 @@ def check_test_columns(path: Path, members: list[Member]) -> None:
                             f"the file has {', '.join(map(repr, header))}")
 
 
-def predict_members(members: list[Member], path: Path, average: str, device: str, show_progress: bool,
-                    batch_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+def predict_members(members: list[Member], path: Path, average: str, inference: Inference
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """(ids in file order, `(members, rows, classes)` scores) for the CSV at `path`.
 
     Each run predicts with its own preprocessor and tokenizer, one model in memory at a time. A
@@ -162,7 +162,7 @@ def predict_members(members: list[Member], path: Path, average: str, device: str
         fold_ids, fold_scores = None, []
         for run_path in member.runs:
             log.info("predicting %s with %s", path, run_path)
-            run_ids, logits = _predict_run(run_path, path, device, show_progress, batch_size)
+            run_ids, logits = _predict_run(run_path, path, inference)
             if fold_ids is None:
                 fold_ids = run_ids
             fold_scores.append(logits[positions(run_ids, fold_ids)])
@@ -173,12 +173,10 @@ def predict_members(members: list[Member], path: Path, average: str, device: str
     return ids, np.stack(stacked)
 
 
-def _predict_run(run_path: Path, path: Path, device: str, show_progress: bool,
-                 batch_size: int | None) -> tuple[np.ndarray, np.ndarray]:
-    loaded = load_run(run_path, device=device)
+def _predict_run(run_path: Path, path: Path, inference: Inference) -> tuple[np.ndarray, np.ndarray]:
+    loaded = load_run(run_path, device=inference.device)
     try:
-        return predict_table(loaded.cfg, loaded.plan, loaded.preprocessor, loaded.tokenizer, loaded.model, path,
-                             loaded.device, show_progress, batch_size)
+        return predict_run_table(loaded, path, inference)
     finally:
         del loaded
         free_memory()

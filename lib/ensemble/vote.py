@@ -35,7 +35,7 @@ from lib.ensemble.members import (ENSEMBLE_FILE, VAL_LOGITS, AlignedValidation, 
 from lib.ensemble.pooling import equal_weights, fit_weights, parse_weights, pool
 from lib.ensemble.stacking import Stacker, cross_fitted, fit_stacker
 from lib.finetune.metrics import display_width, format_distribution
-from lib.finetune.predict import write_predictions
+from lib.finetune.predict import Inference, write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class EnsembleSpec:
 
 def vote(paths: list[Path], *, test: Path | None, out: Path, average: str, weights: str | None, stack: bool,
          calibrate: str | None, prior_correction: str | None, save: Path | None, overwrite: bool,
-         pred_column: str, device: str, show_progress: bool, batch_size: int | None) -> str:
+         pred_column: str, inference: Inference) -> str:
     """Compare members and ensemble on validation; predict `test`; save the ensemble if asked.
 
     Returns the report: the side-by-side table, calibration and the predicted test distribution.
@@ -127,7 +127,7 @@ def vote(paths: list[Path], *, test: Path | None, out: Path, average: str, weigh
         sections.append(_correction_on_validation(final_val, val.labels, spec))
 
     if test is not None:
-        ids, scores, distribution = _predict(spec, members, test, device, show_progress, batch_size)
+        ids, scores, distribution = _predict(spec, members, test, inference)
         write_predictions(out, ids, scores, members[0].id_column, pred_column)
         sections += [distribution, f"wrote {len(ids)} predictions to {out}"]
     if save is not None:
@@ -154,10 +154,10 @@ def _cross_fitted_vote(val: AlignedValidation, average: str) -> np.ndarray:
     return cross_fitted(fit_and_score, val.labels, val.scores.shape[2], "--weights fit")
 
 
-def _predict(spec: EnsembleSpec, members: list[Member], test: Path, device: str, show_progress: bool,
-             batch_size: int | None) -> tuple[np.ndarray, np.ndarray, str]:
+def _predict(spec: EnsembleSpec, members: list[Member], test: Path, inference: Inference
+             ) -> tuple[np.ndarray, np.ndarray, str]:
     """(ids, final log-scores, the predicted class distribution as a table) for a test file."""
-    ids, member_scores = predict_members(members, test, spec.average, device, show_progress, batch_size)
+    ids, member_scores = predict_members(members, test, spec.average, inference)
     scores = spec.combine(member_scores)
     columns = {"predicted": _counts(scores, len(spec.label_names))}
     notes = []
@@ -280,8 +280,7 @@ class EnsemblePrediction:
     distribution: str
 
 
-def predict_with_ensemble(path: Path, test: Path, device: str, show_progress: bool,
-                          batch_size: int | None) -> EnsemblePrediction:
+def predict_with_ensemble(path: Path, test: Path, inference: Inference) -> EnsemblePrediction:
     """Predict `test` with a saved ensemble folder, exactly as `vote` predicted when it saved it."""
     path = Path(path)
     try:
@@ -304,5 +303,5 @@ def predict_with_ensemble(path: Path, test: Path, device: str, show_progress: bo
                             "again?); vote again to refit the ensemble")
         members.append(member)
     check_test_columns(test, members)
-    ids, scores, distribution = _predict(spec, members, test, device, show_progress, batch_size)
+    ids, scores, distribution = _predict(spec, members, test, inference)
     return EnsemblePrediction(ids, scores, id_column, distribution)

@@ -157,7 +157,8 @@ class TrainConfig:
     per_device_train_batch_size: int = field(default=32, metadata=option(
         "training micro-batch size", "optimisation", aliases=("--batch-size",), at_least=1))
     per_device_eval_batch_size: int = field(default=256, metadata=option(
-        "evaluation and prediction batch size", "optimisation", at_least=1))
+        "evaluation and prediction batch size in rows (on a CPU a batch also closes at 8192 tokens)", "optimisation",
+        at_least=1))
     max_tokens_per_batch: int | None = field(default=None, metadata=option(
         "also cap each training micro-batch at this many padded tokens (rows x width), so short texts "
         "travel in larger batches", "optimisation", at_least=8))

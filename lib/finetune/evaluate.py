@@ -9,12 +9,13 @@ from transformers import PreTrainedModel
 from lib.core.device import autocast
 from lib.core.distributed import Distributed
 from lib.core.progress import progress_bar
-from lib.data.batching import EncodedTexts, collate, sorted_batches
+from lib.data.batching import EncodedTexts, collate, prediction_token_budget, sorted_batches
 
 
 def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, precision: str,
                    device: torch.device, desc: str, show_progress: bool, part: tuple[int, int] = (0, 1)) -> np.ndarray:
-    """fp32 logits in the rows' original order, whatever order the batches ran in.
+    """fp32 logits in the rows' original order, whatever order the batches ran in. Batches hold at most
+    `batch_size` rows, and on a CPU at most `prediction_token_budget` tokens.
 
     `part=(k, n)` computes only every n-th length-sorted batch starting at k (one process's share
     of a distributed evaluation); the other rows are left as NaN for the caller to gather.
@@ -22,7 +23,7 @@ def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, 
     was_training = model.training
     model.eval()
     logits = np.full((len(data), model.config.num_labels), np.nan, dtype=np.float32)
-    batches = sorted_batches(data.lengths, batch_size)[part[0]::part[1]]
+    batches = sorted_batches(data.lengths, batch_size, prediction_token_budget(device))[part[0]::part[1]]
     chunks = []
     total = sum(len(rows) for rows in batches)
     with torch.inference_mode(), progress_bar(total, desc, show_progress, unit="rows") as bar:

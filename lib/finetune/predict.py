@@ -33,6 +33,21 @@ from lib.model.tfidf import TfidfClassifier
 log = logging.getLogger(__name__)
 
 
+INFERENCE_PRECISIONS = ("run", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How saved models score a file. `precision` "run" is each run's own training precision (fp32 where
+    the device lacks it); bf16 predicts about 1.8-2x faster on CPUs with AMX (bench/levers.py), so it
+    may be asked for a run trained in fp32."""
+
+    device: str = "auto"
+    batch_size: int | None = None  # None: each run's own eval batch size
+    precision: str = "run"
+    show_progress: bool = False
+
+
 @dataclass(frozen=True)
 class LoadedRun:
     """A finished run, ready to predict (a tfidf run: ClassicalPlan, no tokenizer, TfidfClassifier, CPU)."""
@@ -80,8 +95,14 @@ def _load_classical(run: RunFolder, cfg: TrainConfig, which: str | None) -> Load
                      TfidfClassifier.load(run.best), torch.device("cpu"))
 
 
-def inference_precision(trained_with: str, device: torch.device) -> str:
-    """The run's precision where this device supports it, else fp32."""
+def inference_precision(trained_with: str, device: torch.device, requested: str = "run") -> str:
+    """`requested`, or with "run" the run's precision where this device supports it, else fp32."""
+    if requested not in INFERENCE_PRECISIONS:
+        raise UserError(f"--precision {requested}: expected one of {', '.join(INFERENCE_PRECISIONS)}")
+    if requested == "fp16" and device.type != "cuda":
+        raise UserError(f"--precision fp16: needs a CUDA device (this one is {device})")
+    if requested != "run":
+        return requested
     if trained_with == "fp16" and device.type != "cuda":
         return "fp32"
     return trained_with
@@ -90,19 +111,25 @@ def inference_precision(trained_with: str, device: torch.device) -> str:
 def predict_table(cfg: TrainConfig, plan: TrainingPlan | ClassicalPlan, preprocessor: TextPreprocessor,
                   tokenizer: PreTrainedTokenizerBase | None, model: PreTrainedModel | TfidfClassifier,
                   path: str | Path, device: torch.device, show_progress: bool,
-                  batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, fp32 logits) for every row of the CSV at `path`, in file order."""
+                  batch_size: int | None = None, precision: str = "run") -> tuple[np.ndarray, np.ndarray]:
+    """(ids, fp32 logits) for every row of the CSV at `path`, in file order; `precision` as in `Inference`."""
     columns = Columns(cfg.id_column, cfg.text_column, cfg.label_column)
     table = read_table(path, columns, labelled=False, flag="--test")
     if cfg.model == CLASSICAL_MODEL:  # the features read the preprocessed texts: no tokens, batches or device
         return table.ids, model.logits(preprocessor.transform(table.texts))
-    precision = inference_precision(plan.precision, device)
+    precision = inference_precision(plan.precision, device, precision)
     data = encode(tokenizer, preprocessor.transform(table.texts), plan.max_length,
                   pad_to_multiple_of=pad_multiple(device, precision, compiled=False), truncation=cfg.truncation,
                   head_tokens=cfg.head_tokens)
     logits = predict_logits(model, data, batch_size or cfg.per_device_eval_batch_size, precision, device, "predict",
                             show_progress)
     return table.ids, logits
+
+
+def predict_run_table(loaded: LoadedRun, path: str | Path, inference: Inference) -> tuple[np.ndarray, np.ndarray]:
+    """`predict_table` with a loaded run's own parts, as `inference` says."""
+    return predict_table(loaded.cfg, loaded.plan, loaded.preprocessor, loaded.tokenizer, loaded.model, path,
+                         loaded.device, inference.show_progress, inference.batch_size, inference.precision)
 
 
 def write_predictions(path: Path, ids: np.ndarray, logits: np.ndarray, id_column: str,
