@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from lib.finetune.config import TrainConfig
 from lib.loop.stop import StopRequest
@@ -42,6 +43,14 @@ def write_teacher_logits(path: Path, ids, logits) -> Path:
     """Teacher scores as predict.py --logits-out writes them."""
     np.savez(path, ids=np.asarray(ids, dtype=str), logits=np.asarray(logits, dtype=np.float32))
     return path
+
+
+@pytest.fixture
+def keep_torch_threads():
+    """For tests of scripts that set torch's threads for themselves: later tests get theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,7 @@ from lib.data.batching import EncodedTexts, collate, training_batches
 from tests.tiny_encoders import tiny_bert
 
 
-@pytest.fixture(autouse=True)
-def _leave_the_process_as_it_was():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
 
 def test_a_bucket_padded_batch_has_a_bucket_width_and_the_same_logits():

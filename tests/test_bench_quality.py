@@ -4,7 +4,6 @@ import json
 import re
 
 import pytest
-import torch
 
 from bench import throughput
 from bench.throughput import _UntilLoss
@@ -13,12 +12,7 @@ from lib.core.cli import run_cli
 PRINTED = 5e-5  # the target loss is read from the output, rounded to 4 decimals
 
 
-@pytest.fixture(autouse=True)
-def _leave_the_process_as_it_was():
-    """The bench sets torch's threads for itself; other tests get theirs back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_torch_threads")
 
 
 def test_the_stop_rule_ends_training_at_the_first_loss_at_or_below_the_target():

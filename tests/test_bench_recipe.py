@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from bench import recipe
 from lib.core.cli import run_cli
@@ -13,12 +12,9 @@ FAST = ["--seeds", "42", "--epochs", "1", "--batch-size", "16", "--scratch-vocab
 
 
 @pytest.fixture(autouse=True)
-def _leave_the_process_as_it_was(monkeypatch):
-    """The bench sets HF_HUB_OFFLINE and torch's threads for itself; other tests get theirs back."""
+def _offline(monkeypatch, keep_torch_threads):
+    """The bench sets HF_HUB_OFFLINE (and torch's threads) for itself; other tests get theirs back."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_ours_best_ablation_and_vote_side_by_side(toy_data, tmp_path, capsys):
