@@ -51,6 +51,7 @@ from lib.loop.step import WindowShare, accumulate_window, optimizer_step
 from lib.loop.stop import StopRequest, TrainingInterrupted
 from lib.loop.work_folder import environment_record
 from lib.model.backbone import load_classifier
+from lib.model.attention import attention_implementation, training_attention
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,10 @@ class FineTuning:
         self.swa_start_step = (swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs)) * plan.steps_per_epoch
                                if cfg.swa_start is not None else None)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.train_attention = training_attention(s.model, s.device)
+        if self.train_attention:
+            log.info("attention: %s in training steps on the CPU (measured faster), %s for evaluation",
+                     self.train_attention, s.model.config._attn_implementation)
         self.padding_efficiency = padding_efficiency(s.train_data.lengths, epoch_batches(cfg, s.train_data, 0, 1))
         self.pending_loss = torch.zeros((), device=s.device)  # summed on the device; read when logging
         self.bar = progress_bar(plan.total_steps, "train", s.show_progress, unit="step", initial=loop.global_step)
@@ -239,8 +244,9 @@ class FineTuning:
         share = WindowShare(samples, self.scaler, self.ctx.world_size)
         objective = self.adversarial if self.adversarial and loop.global_step >= self.adversarial_from \
             else self.objective
-        self.pending_loss += accumulate_window(self.trained_model, [self._local_batch(rows) for rows in window],
-                                               objective, share)
+        with attention_implementation(self.model, self.train_attention):
+            self.pending_loss += accumulate_window(self.trained_model, [self._local_batch(rows) for rows in window],
+                                                   objective, share)
         lr = set_learning_rate(self.optimizer, self._lr_multiplier())
         outcome = optimizer_step(self.parameters, self.optimizer, self.scaler, cfg.max_grad_norm)
         step = loop.global_step + 1
