@@ -104,6 +104,23 @@ def test_the_saved_ensemble_pools_the_members_predictions(members, data, tmp_pat
     np.testing.assert_allclose(softmax(np.load(tmp_path / "e.npz")["logits"], axis=1), expected, atol=1e-5)
 
 
+def test_an_ensemble_predicts_in_the_precision_asked_for(members, data, tmp_path, capsys):
+    saved = tmp_path / "ens"
+    assert _run(ensemble.main, ["vote", *members, "--save", saved, "--quiet"], capsys)[0] == 0
+    logits = {}
+    for precision in ("run", "bf16"):
+        out = tmp_path / f"{precision}.npz"
+        assert _run(predict.main, [saved, "--test", data["test"], "--out", tmp_path / f"{precision}.csv",
+                                   "--logits-out", out, "--precision", precision, "--quiet"], capsys)[0] == 0
+        logits[precision] = np.load(out)["logits"]
+    assert not np.array_equal(logits["bf16"], logits["run"])  # every member scored in bf16 ...
+    np.testing.assert_allclose(logits["bf16"], logits["run"], atol=0.1)  # ... within bf16's precision
+    refused = tmp_path / "refused.csv"
+    code, _, err = _run(ensemble.main, ["vote", *members, "--test", data["test"], "--out", refused,
+                                        "--precision", "fp16", "--device", "cpu", "--quiet"], capsys)
+    assert code == 2 and "--precision fp16: needs a CUDA device" in err and not refused.exists()
+
+
 def test_folds_write_out_of_fold_logits_covering_every_training_row_once(data, tmp_path, capsys):
     code, out, err = _run(ensemble.main, ["train", "--models", "scratch:tiny", "--folds", "2", "--name", "cv",
                                           "--train-file", data["train"], "--output-dir", tmp_path,
