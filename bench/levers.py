@@ -23,6 +23,7 @@ first row (what the product does today). What each lever changes:
   few buckets (16, 32, 64, 128, ...): compile seconds apart, steady time after every bucket compiled.
 - predict-precision: fp32, bf16 autocast, bf16 weights; rows/s and how often the argmax agrees.
 - predict-batching: 256 rows per batch against batches also closed at a token budget.
+- predict-cls: the whole model against its last layer computed at [CLS] only (lib.model.inference).
 
 Pinned memory and non-blocking copies only matter on CUDA and are not measured here.
 """
@@ -60,12 +61,13 @@ from lib.data.batching import EncodedTexts, collate, sorted_batches, training_ba
 from lib.finetune.config import TrainConfig
 from lib.finetune.evaluate import predict_logits
 from lib.finetune.losses import FocalLoss
-from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
 from lib.finetune.prepare import prepare_new
+from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
+from lib.model.inference import classifier_logits
 from bench.throughput import _Parser
 
 LEVERS = ("order", "grouping", "loss", "gradnorm", "dropout", "attention", "compile", "predict-precision",
-          "predict-batching")
+          "predict-batching", "predict-cls")
 WARMUP_STEPS = 3  # steps before timing: first-shape kernels and allocator warm-up
 
 
@@ -185,29 +187,33 @@ def _train_seconds(bench: Bench, *, model: PreTrainedModel | None = None, batche
 
 
 def _predict_seconds(bench: Bench, model: PreTrainedModel, precision: str, batch_size: int | None = None,
-                     batches: list[np.ndarray] | None = None) -> tuple[float, np.ndarray]:
+                     batches: list[np.ndarray] | None = None, forward: Callable = classifier_logits
+                     ) -> tuple[float, np.ndarray]:
     """Seconds to score the validation rows (after one untimed pass) and the logits."""
     if batches is None:
         run = lambda: predict_logits(model, bench.val, batch_size or bench.args.eval_batch_size, precision,
                                      torch.device("cpu"), "predict", False)
     else:
-        run = lambda: _predict_batches(model, bench.val, batches, precision)
+        run = lambda: _predict_batches(model, bench.val, batches, precision, forward)
     run()
     started = time.perf_counter()
     logits = run()
     return time.perf_counter() - started, logits
 
 
-def _predict_batches(model: PreTrainedModel, data: EncodedTexts, batches: list[np.ndarray], precision: str
-                     ) -> np.ndarray:
+def _whole_forward(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def _predict_batches(model: PreTrainedModel, data: EncodedTexts, batches: list[np.ndarray], precision: str,
+                     forward: Callable = classifier_logits) -> np.ndarray:
     logits = np.zeros((len(data), model.config.num_labels), dtype=np.float32)
     model.eval()
     with torch.inference_mode():
         for rows in batches:
             batch = collate(data, rows)
             with autocast(precision, torch.device("cpu")):
-                logits[rows] = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                                     ).logits.float().numpy()
+                logits[rows] = forward(model, batch["input_ids"], batch["attention_mask"]).float().numpy()
     return logits
 
 
@@ -387,6 +393,23 @@ def predict_precision_lever(bench: Bench) -> None:
     _report(seconds, len(bench.val), "rows", notes)
 
 
+def predict_cls_lever(bench: Bench) -> None:
+    model = bench.fresh_model().eval()
+    batches = sorted_batches(bench.val.lengths, bench.args.eval_batch_size,
+                             batching.prediction_token_budget(torch.device("cpu")))
+    logits: dict[str, np.ndarray] = {}
+    runs = {"whole model": _whole_forward, "last layer at [CLS] only (ours)": classifier_logits}
+
+    def timed(name: str) -> float:
+        seconds, logits[name] = _predict_seconds(bench, model, bench.args.precision, batches=batches,
+                                                 forward=runs[name])
+        return seconds
+
+    seconds = _fastest({name: (lambda n=name: timed(n)) for name in runs}, bench.args.repeats)
+    difference = np.abs(logits["whole model"] - logits["last layer at [CLS] only (ours)"]).max()
+    _report(seconds, len(bench.val), "rows", {"last layer at [CLS] only (ours)": f"max |logit diff| {difference:.2g}"})
+
+
 def predict_batching_lever(bench: Bench) -> None:
     model = bench.fresh_model().eval()
     lengths = bench.val.lengths
@@ -405,6 +428,7 @@ MEASURES: dict[str, Callable[[Bench], None]] = {
     "order": order_lever, "grouping": grouping_lever, "loss": loss_lever, "gradnorm": gradnorm_lever,
     "dropout": dropout_lever, "attention": attention_lever, "compile": compile_lever,
     "predict-precision": predict_precision_lever, "predict-batching": predict_batching_lever,
+    "predict-cls": predict_cls_lever,
 }
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from lib.core.device import autocast
 from lib.core.distributed import Distributed
 from lib.core.progress import progress_bar
 from lib.data.batching import EncodedTexts, collate, prediction_token_budget, sorted_batches
+from lib.model.inference import classifier_logits
 
 
 def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, precision: str,
@@ -30,8 +31,8 @@ def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, 
         for rows in batches:
             batch = collate(data, rows)
             with autocast(precision, device):
-                out = model(input_ids=batch["input_ids"].to(device, non_blocking=True),
-                            attention_mask=batch["attention_mask"].to(device, non_blocking=True)).logits
+                out = classifier_logits(model, batch["input_ids"].to(device, non_blocking=True),
+                                        batch["attention_mask"].to(device, non_blocking=True))
             chunks.append((rows, out.float()))
             bar.update(len(rows))
     for rows, out in chunks:  # one host copy per batch, after the loop, keeps the GPU busy
