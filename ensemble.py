@@ -132,8 +132,9 @@ def main(argv: list[str]) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "soup":
         print(soup(_soup_runs(args.runs, args.top), greedy=args.greedy, metric=args.metric, save=args.save,
-                   overwrite=args.overwrite, device=args.device, show_progress=progress_enabled(args.quiet),
-                   batch_size=args.batch_size, argv=argv))
+                   overwrite=args.overwrite,
+                   inference=Inference(args.device, args.batch_size, show_progress=progress_enabled(args.quiet)),
+                   argv=argv))
         return 0
     report = vote(args.runs, test=args.test, out=args.out, average=args.average, weights=args.weights,
                   stack=args.stack, calibrate=args.calibrate, prior_correction=args.prior_correction,

@@ -47,7 +47,7 @@ from lib.finetune.evaluate import predict_logits
 from lib.finetune.losses import FocalLoss
 from lib.finetune.metrics import classification_metrics, classification_report
 from lib.finetune.plan import TrainingPlan
-from lib.finetune.predict import inference_precision, predict_table, write_predictions
+from lib.finetune.predict import Inference, inference_precision, predict_table, write_predictions
 from lib.finetune.run_folder import RunFolder
 from lib.finetune.splits import load_splits
 from lib.loop import swa
@@ -157,14 +157,13 @@ class Soup:
 class SoupBuilder:
     """Averages ingredients and scores the average on their shared validation rows (loaded one at a time)."""
 
-    def __init__(self, ingredients: list[Ingredient], val: AlignedValidation, device: str, show_progress: bool,
-                 batch_size: int | None) -> None:
+    def __init__(self, ingredients: list[Ingredient], val: AlignedValidation, inference: Inference) -> None:
         self.ingredients, self.labels = ingredients, val.labels
         self.base = ingredients[0]
-        self.device = resolve_device(device)
-        self.precision = inference_precision(self.base.plan.precision, self.device)
-        self.batch_size = batch_size or self.base.cfg.per_device_eval_batch_size
-        self.show_progress = show_progress
+        self.device = resolve_device(inference.device)
+        self.precision = inference_precision(self.base.plan.precision, self.device, inference.precision)
+        self.batch_size = inference.batch_size or self.base.cfg.per_device_eval_batch_size
+        self.show_progress = inference.show_progress
         self.val_data = self._validation_rows(val.ids)
 
     def _validation_rows(self, val_ids: np.ndarray) -> EncodedTexts:
@@ -194,8 +193,8 @@ class SoupBuilder:
         return Soup(list(members), model, logits, score(logits, self.labels, self.base.plan.num_labels))
 
 
-def soup(paths: list[Path], *, greedy: bool, metric: str, save: Path | None, overwrite: bool, device: str,
-         show_progress: bool, batch_size: int | None, argv: list[str]) -> str:
+def soup(paths: list[Path], *, greedy: bool, metric: str, save: Path | None, overwrite: bool, inference: Inference,
+         argv: list[str]) -> str:
     """Score each run, the uniform soup, the greedy soup and the vote side by side; save one soup if asked.
 
     Returns the report. With `greedy` the greedy soup is saved, else the uniform one.
@@ -214,7 +213,7 @@ def soup(paths: list[Path], *, greedy: bool, metric: str, save: Path | None, ove
     val_scores = val.scores[ranked]
     check_soupable(ingredients)
 
-    builder = SoupBuilder(ingredients, val, device, show_progress, batch_size)
+    builder = SoupBuilder(ingredients, val, inference)
     uniform = builder.cook(list(range(len(ingredients))))
     not_worse = lambda trial, current: sign * trial.scores[metric] <= sign * current.scores[metric]
     greedy_members, greedy_soup = swa.greedy_soup(list(range(len(ingredients))), builder.cook, not_worse)
@@ -277,7 +276,8 @@ def _save(path: Path, chosen: Soup, kind: str, metric: str, ingredients: list[In
     if cfg.test_file and Path(cfg.test_file).is_file():
         tokenizer = AutoTokenizer.from_pretrained(source.tokenizer)
         test = predict_table(cfg, plan, TextPreprocessor.load(source.preprocessor), tokenizer, chosen.model,
-                             cfg.test_file, builder.device, builder.show_progress, builder.batch_size)
+                             cfg.test_file, builder.device, builder.show_progress, builder.batch_size,
+                             builder.precision)
         result["test_predicted_counts"] = class_distribution(test[1].argmax(axis=1), plan.num_labels)
     elif cfg.test_file:
         log.warning("--test-file %s of %s is not here; the soup folder has no submission.csv", cfg.test_file,

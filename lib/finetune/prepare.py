@@ -53,7 +53,7 @@ class Prepared:
     model: PreTrainedModel
     train_data: EncodedTexts
     val_data: EncodedTexts
-    initial_weights: dict | None  # a new run's record of its initial weights; None when resumed
+    initial_weights: dict | None  # a new run's record of its initial weights (rank 0); None when resumed
 
 
 @dataclass
@@ -97,7 +97,8 @@ def prepare_new(cfg: TrainConfig, ctx: Distributed, device: torch.device) -> Pre
                                             splits.label_names, cfg.dropout_rate, cfg.scratch_vocab_size, init_seed,
                                             cache, head_for(cfg.pooling, cfg.multi_sample_dropout))
         reinit_top_layers(model, cfg.reinit_top_layers)
-    initial_weights = {"model": cfg.model, "init_seed": init_seed, **weight_digests(model)}
+    # hashing every weight takes a second for a base-sized model: only rank 0 writes the record
+    initial_weights = {"model": cfg.model, "init_seed": init_seed, **weight_digests(model)} if ctx.is_main else None
     precision = training_precision(cfg.precision, device, model)
     limit = _model_limit(model)
     train_ids, val_ids = _tokenize_splits(cache, tokenizer, train_texts, val_texts, _tokenized_limit(cfg, limit))
