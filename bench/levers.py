@@ -23,7 +23,8 @@ first row (what the product does today). What each lever changes:
   few buckets (16, 32, 64, 128, ...): compile seconds apart, steady time after every bucket compiled.
 - predict-precision: fp32, bf16 autocast, bf16 weights; rows/s and how often the argmax agrees.
 - predict-batching: 256 rows per batch against batches also closed at a token budget.
-- predict-cls: the whole model against its last layer computed at [CLS] only (lib.model.inference).
+- cls: the whole model against its last layer computed at [CLS] only (lib.model.cls_only), in
+  training (our step runs it: the baseline of every other training lever) and in prediction.
 
 Pinned memory and non-blocking copies only matter on CUDA and are not measured here.
 """
@@ -37,6 +38,7 @@ if __package__ in (None, ""):  # run as a file (python bench/levers.py): import 
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
+import contextlib
 import copy
 import math
 import multiprocessing
@@ -63,11 +65,11 @@ from lib.finetune.evaluate import predict_logits
 from lib.finetune.losses import FocalLoss
 from lib.finetune.prepare import prepare_new
 from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
-from lib.model.inference import classifier_logits
+from lib.model.cls_only import classifier_logits, cls_only_forward
 from bench.throughput import _Parser
 
 LEVERS = ("order", "grouping", "loss", "gradnorm", "dropout", "attention", "compile", "predict-precision",
-          "predict-batching", "predict-cls")
+          "predict-batching", "cls")
 WARMUP_STEPS = 3  # steps before timing: first-shape kernels and allocator warm-up
 
 
@@ -163,8 +165,8 @@ def _fastest(configurations: dict[str, Callable[[], float]], repeats: int) -> di
 def _train_seconds(bench: Bench, *, model: PreTrainedModel | None = None, batches: list[np.ndarray] | None = None,
                    data: EncodedTexts | None = None, loss_fn: torch.nn.Module | None = None,
                    after_step: Callable[[torch.Tensor], None] | None = None, max_grad_norm: float = 1.0,
-                   precision: str | None = None, collate_fn: Callable = collate, learning_rate: float = 1e-4
-                   ) -> float:
+                   precision: str | None = None, collate_fn: Callable = collate, learning_rate: float = 1e-4,
+                   cls_only: bool = True) -> float:
     """Seconds of our training step over `batches` after the first WARMUP_STEPS (collate included)."""
     model = model if model is not None else bench.fresh_model()
     data = data if data is not None else bench.train
@@ -179,7 +181,8 @@ def _train_seconds(bench: Bench, *, model: PreTrainedModel | None = None, batche
     for index, rows in enumerate(batches):
         if index == WARMUP_STEPS:
             started = time.perf_counter()
-        accumulate_window(model, [collate_fn(data, rows)], objective, WindowShare(len(rows), scaler))
+        with cls_only_forward(model) if cls_only else contextlib.nullcontext():
+            accumulate_window(model, [collate_fn(data, rows)], objective, WindowShare(len(rows), scaler))
         outcome = optimizer_step(parameters, optimizer, scaler, max_grad_norm)
         if after_step is not None:
             after_step(outcome.grad_norm)
@@ -393,12 +396,16 @@ def predict_precision_lever(bench: Bench) -> None:
     _report(seconds, len(bench.val), "rows", notes)
 
 
-def predict_cls_lever(bench: Bench) -> None:
+def cls_lever(bench: Bench) -> None:
+    seconds = _fastest({"training, whole model": lambda: _train_seconds(bench, cls_only=False),
+                        "training, last layer at [CLS] only (ours)": lambda: _train_seconds(bench)},
+                       bench.args.repeats)
+    _report(seconds, _timed_rows(bench), "samples")
     model = bench.fresh_model().eval()
     batches = sorted_batches(bench.val.lengths, bench.args.eval_batch_size,
                              batching.prediction_token_budget(torch.device("cpu")))
     logits: dict[str, np.ndarray] = {}
-    runs = {"whole model": _whole_forward, "last layer at [CLS] only (ours)": classifier_logits}
+    runs = {"prediction, whole model": _whole_forward, "prediction, last layer at [CLS] only (ours)": classifier_logits}
 
     def timed(name: str) -> float:
         seconds, logits[name] = _predict_seconds(bench, model, bench.args.precision, batches=batches,
@@ -406,8 +413,8 @@ def predict_cls_lever(bench: Bench) -> None:
         return seconds
 
     seconds = _fastest({name: (lambda n=name: timed(n)) for name in runs}, bench.args.repeats)
-    difference = np.abs(logits["whole model"] - logits["last layer at [CLS] only (ours)"]).max()
-    _report(seconds, len(bench.val), "rows", {"last layer at [CLS] only (ours)": f"max |logit diff| {difference:.2g}"})
+    whole, ours = logits.values()
+    _report(seconds, len(bench.val), "rows", {list(runs)[1]: f"max |logit diff| {np.abs(whole - ours).max():.2g}"})
 
 
 def predict_batching_lever(bench: Bench) -> None:
@@ -428,7 +435,7 @@ MEASURES: dict[str, Callable[[Bench], None]] = {
     "order": order_lever, "grouping": grouping_lever, "loss": loss_lever, "gradnorm": gradnorm_lever,
     "dropout": dropout_lever, "attention": attention_lever, "compile": compile_lever,
     "predict-precision": predict_precision_lever, "predict-batching": predict_batching_lever,
-    "predict-cls": predict_cls_lever,
+    "cls": cls_lever,
 }
 
 if __name__ == "__main__":

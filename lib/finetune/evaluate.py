@@ -10,7 +10,7 @@ from lib.core.device import autocast
 from lib.core.distributed import Distributed
 from lib.core.progress import progress_bar
 from lib.data.batching import EncodedTexts, collate, prediction_token_budget, sorted_batches
-from lib.model.inference import classifier_logits
+from lib.model.cls_only import classifier_logits
 
 
 def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, precision: str,

@@ -52,6 +52,7 @@ from lib.loop.stop import StopRequest, TrainingInterrupted
 from lib.loop.work_folder import environment_record
 from lib.model.backbone import load_classifier
 from lib.model.attention import attention_implementation, training_attention
+from lib.model.cls_only import cls_only_forward, reads_only_cls
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,8 @@ class FineTuning:
         if self.train_attention:
             log.info("attention: %s in training steps on the CPU (measured faster), %s for evaluation",
                      self.train_attention, s.model.config._attn_implementation)
+        if reads_only_cls(s.model):
+            log.info("last layer: computed at [CLS] only, the one position the classifier reads")
         self.padding_efficiency = padding_efficiency(s.train_data.lengths, epoch_batches(cfg, s.train_data, 0, 1))
         self.pending_loss = torch.zeros((), device=s.device)  # summed on the device; read when logging
         self.bar = progress_bar(plan.total_steps, "train", s.show_progress, unit="step", initial=loop.global_step)
@@ -244,7 +247,7 @@ class FineTuning:
         share = WindowShare(samples, self.scaler, self.ctx.world_size)
         objective = self.adversarial if self.adversarial and loop.global_step >= self.adversarial_from \
             else self.objective
-        with attention_implementation(self.model, self.train_attention):
+        with attention_implementation(self.model, self.train_attention), cls_only_forward(self.model):
             self.pending_loss += accumulate_window(self.trained_model, [self._local_batch(rows) for rows in window],
                                                    objective, share)
         lr = set_learning_rate(self.optimizer, self._lr_multiplier())
