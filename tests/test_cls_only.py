@@ -33,6 +33,12 @@ def _batch(rows: int = 6, width: int = 13) -> tuple[torch.Tensor, torch.Tensor]:
     return ids * mask, mask
 
 
+def _gradients(model) -> dict[str, torch.Tensor]:
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
 def _last_layer_calls(model) -> list:
     calls = []
     model.base_model.encoder.layer[-1].register_forward_hook(lambda *args: calls.append(1))
@@ -71,7 +77,27 @@ def test_under_bf16_autocast_the_logits_stay_close_to_the_full_forward():
     torch.testing.assert_close(fast, full, rtol=0, atol=3e-2)
 
 
-@pytest.mark.parametrize("architecture", [a for a in ARCHITECTURES if a != "bert"])
+@pytest.mark.parametrize("architecture", ["bert", "roberta", "electra"])
+def test_each_family_whose_head_reads_cls_gets_the_logits_and_gradients_of_its_whole_forward(architecture):
+    model = tiny_classifier(architecture).eval()  # dropout off: the two passes must see the same network
+    ids, mask = _batch()
+    ids = torch.where(mask.bool(), ids % model.config.vocab_size, model.config.pad_token_id)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    full = model(input_ids=ids, attention_mask=mask).logits
+    torch.nn.functional.cross_entropy(full, labels).backward()
+    full_gradients = _gradients(model)
+    calls = _last_layer_calls(model)
+    fast = classifier_logits(model, ids, mask)
+    torch.nn.functional.cross_entropy(fast, labels).backward()
+    assert calls == []
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-6)
+    fast_gradients = _gradients(model)
+    assert fast_gradients.keys() == full_gradients.keys()
+    for name in full_gradients:
+        torch.testing.assert_close(fast_gradients[name], full_gradients[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("architecture", [a for a in ARCHITECTURES if a not in ("bert", "roberta", "electra")])
 def test_other_architectures_run_their_whole_forward(architecture):
     model = tiny_classifier(architecture).eval()
     ids, mask = _batch()
@@ -93,12 +119,6 @@ def test_a_pooling_head_runs_its_whole_forward():
         with cls_only_forward(pooled):
             pooled(input_ids=ids, attention_mask=mask)
     assert calls == [1, 1, 1]
-
-
-def _gradients(model) -> dict[str, torch.Tensor]:
-    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return grads
 
 
 @pytest.mark.parametrize("layers", [1, 3])
