@@ -23,6 +23,9 @@ first row (what the product does today). What each lever changes:
   few buckets (16, 32, 64, 128, ...): compile seconds apart, steady time after every bucket compiled.
 - predict-precision: fp32, bf16 autocast, bf16 weights; rows/s and how often the argmax agrees.
 - predict-batching: 256 rows per batch against batches also closed at a token budget.
+- native-layer: prediction with each BERT layer as PyTorch's `nn.TransformerEncoderLayer` (the same
+  weights; its fused inference fast path, with and without nested tensors that skip the padding).
+  fp32 only: the fast path does not run under autocast.
 - cls: the whole model against its last layer computed at [CLS] only (lib.model.cls_only), in
   training (our step runs it: the baseline of every other training lever) and in prediction.
 
@@ -69,7 +72,7 @@ from lib.model.cls_only import classifier_logits, cls_only_forward
 from bench.throughput import _Parser
 
 LEVERS = ("order", "grouping", "loss", "gradnorm", "dropout", "attention", "compile", "predict-precision",
-          "predict-batching", "cls")
+          "predict-batching", "native-layer", "cls")
 WARMUP_STEPS = 3  # steps before timing: first-shape kernels and allocator warm-up
 
 
@@ -405,7 +408,8 @@ def cls_lever(bench: Bench) -> None:
     batches = sorted_batches(bench.val.lengths, bench.args.eval_batch_size,
                              batching.prediction_token_budget(torch.device("cpu")))
     logits: dict[str, np.ndarray] = {}
-    runs = {"prediction, whole model": _whole_forward, "prediction, last layer at [CLS] only (ours)": classifier_logits}
+    runs = {"prediction, whole model": _whole_forward,
+            "prediction, last layer at [CLS] only (ours)": classifier_logits}
 
     def timed(name: str) -> float:
         seconds, logits[name] = _predict_seconds(bench, model, bench.args.precision, batches=batches,
@@ -431,11 +435,68 @@ def predict_batching_lever(bench: Bench) -> None:
     _report(seconds, len(bench.val), "rows", notes)
 
 
+def _native_encoder(model: PreTrainedModel, nested: bool) -> torch.nn.TransformerEncoder:
+    """The model's BERT layers as PyTorch's own post-norm encoder layers, with copies of their weights."""
+    config = model.config
+    layers = []
+    for layer in model.bert.encoder.layer:
+        native = torch.nn.TransformerEncoderLayer(config.hidden_size, config.num_attention_heads,
+                                                  config.intermediate_size, dropout=0.0, activation="gelu",
+                                                  layer_norm_eps=config.layer_norm_eps, batch_first=True)
+        attention = layer.attention.self
+        pairs = [(native.self_attn.out_proj, layer.attention.output.dense),
+                 (native.norm1, layer.attention.output.LayerNorm), (native.linear1, layer.intermediate.dense),
+                 (native.linear2, layer.output.dense), (native.norm2, layer.output.LayerNorm)]
+        with torch.no_grad():
+            projections = (attention.query, attention.key, attention.value)
+            native.self_attn.in_proj_weight.copy_(torch.cat([p.weight for p in projections]))
+            native.self_attn.in_proj_bias.copy_(torch.cat([p.bias for p in projections]))
+            for mine, theirs in pairs:
+                mine.weight.copy_(theirs.weight)
+                mine.bias.copy_(theirs.bias)
+        layers.append(native)
+    encoder = torch.nn.TransformerEncoder(layers[0], len(layers), enable_nested_tensor=nested)
+    encoder.layers = torch.nn.ModuleList(layers)
+    return encoder.eval()
+
+
+def native_layer_lever(bench: Bench) -> None:
+    if bench.args.precision != "fp32":
+        print("  skipped: PyTorch's fused encoder path does not run under autocast")
+        return
+    model = bench.fresh_model().eval()
+    batches = sorted_batches(bench.val.lengths, bench.args.eval_batch_size,
+                             batching.prediction_token_budget(torch.device("cpu")))
+
+    def native(nested: bool) -> Callable:
+        encoder = _native_encoder(model, nested)
+
+        def forward(_, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            hidden = encoder(model.bert.embeddings(input_ids=input_ids), src_key_padding_mask=~attention_mask.bool())
+            if hidden.is_nested:
+                hidden = hidden.to_padded_tensor(0.0, (*input_ids.shape, model.config.hidden_size))
+            return model.classifier(model.bert.pooler(hidden))
+        return forward
+
+    runs = {"prediction, BERT layers (whole model)": _whole_forward, "nn.TransformerEncoderLayer": native(False),
+            "nn.TransformerEncoderLayer, nested tensors": native(True)}
+    logits: dict[str, np.ndarray] = {}
+
+    def timed(name: str) -> float:
+        seconds, logits[name] = _predict_seconds(bench, model, "fp32", batches=batches, forward=runs[name])
+        return seconds
+
+    seconds = _fastest({name: (lambda n=name: timed(n)) for name in runs}, bench.args.repeats)
+    whole = logits[next(iter(runs))]
+    _report(seconds, len(bench.val), "rows", {name: f"max |logit diff| {np.abs(whole - logits[name]).max():.2g}"
+                                              for name in list(runs)[1:]})
+
+
 MEASURES: dict[str, Callable[[Bench], None]] = {
     "order": order_lever, "grouping": grouping_lever, "loss": loss_lever, "gradnorm": gradnorm_lever,
     "dropout": dropout_lever, "attention": attention_lever, "compile": compile_lever,
     "predict-precision": predict_precision_lever, "predict-batching": predict_batching_lever,
-    "cls": cls_lever,
+    "native-layer": native_layer_lever, "cls": cls_lever,
 }
 
 if __name__ == "__main__":

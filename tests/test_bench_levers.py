@@ -47,9 +47,26 @@ def test_grouping_with_no_megabatch_is_the_plain_shuffled_order():
 
 def test_the_script_measures_its_levers_on_a_small_file(toy_data, capsys):
     argv = ["--quick", "--train-file", str(toy_data["train"]), "--val-size", "0.2", "--rows", "300",
-            "--levers", "order,dropout,predict-precision,predict-batching", "--token-budgets", "512"]
+            "--levers", "order,dropout,predict-precision,predict-batching,native-layer,cls", "--token-budgets", "512"]
     assert run_cli(levers.main, argv) == 0
     printed = capsys.readouterr().out
-    for line in ("shuffled batch order (ours)", "masks from rand_like >= p", "bf16 weights", "or 512 tokens"):
+    for line in ("shuffled batch order (ours)", "masks from rand_like >= p", "bf16 weights", "or 512 tokens",
+                 "nn.TransformerEncoderLayer, nested tensors", "training, last layer at [CLS] only (ours)"):
         assert line in printed
     assert "argmax agrees with fp32 on 1.0000" in printed  # fp32 against itself
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_pytorchs_own_encoder_layers_with_the_models_weights_compute_its_hidden_states(nested):
+    model = tiny_bert(layers=2).eval()
+    ids = torch.randint(1, 50, (3, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 5:], mask[2, 2:] = 0, 0
+    encoder = levers._native_encoder(model, nested)
+    with torch.inference_mode():
+        expected = model.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = encoder(model.bert.embeddings(input_ids=ids), src_key_padding_mask=~mask.bool())
+        if hidden.is_nested:
+            hidden = hidden.to_padded_tensor(0.0, expected.shape)
+    real = mask.bool()
+    torch.testing.assert_close(hidden[real], expected[real], rtol=1e-5, atol=1e-5)
