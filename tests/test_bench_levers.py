@@ -45,6 +45,7 @@ def test_grouping_with_no_megabatch_is_the_plain_shuffled_order():
     assert sorted(int(lengths[b].max()) for b in whole) == sorted(int(widths[i]) for i in range(0, 300, 16))
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 def test_the_script_measures_its_levers_on_a_small_file(toy_data, capsys):
     argv = ["--quick", "--train-file", str(toy_data["train"]), "--val-size", "0.2", "--rows", "300",
             "--levers", "order,dropout,predict-precision,predict-batching,native-layer,cls", "--token-budgets", "512"]
@@ -56,6 +57,7 @@ def test_the_script_measures_its_levers_on_a_small_file(toy_data, capsys):
     assert "argmax agrees with fp32 on 1.0000" in printed  # fp32 against itself
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 @pytest.mark.parametrize("nested", [False, True])
 def test_pytorchs_own_encoder_layers_with_the_models_weights_compute_its_hidden_states(nested):
     model = tiny_bert(layers=2).eval()
