@@ -8,8 +8,8 @@ from lib.core.device import autocast
 from lib.finetune import trainer
 from lib.finetune.trainer import train_new
 from lib.loop.step import accumulate_window
-from lib.model.heads import POOLING_KEY, PooledClassifier
 from lib.model.cls_only import classifier_logits, cls_only_forward
+from lib.model.heads import POOLING_KEY, PooledClassifier
 from tests.conftest import tiny_config
 from tests.tiny_encoders import ARCHITECTURES, tiny_classifier
 
