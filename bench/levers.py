@@ -19,6 +19,8 @@ first row (what the product does today). What each lever changes:
 - dropout: the model's dropout (0.1) against none (what dropout costs), and against dropout
   masks drawn as `rand_like(x) >= p` instead of torch's `bernoulli_` (same distribution).
 - attention: SDPA (the transformers default) against the eager attention.
+- mlm-attention: the same in pretraining steps (pretrain.py's objective on reviews packed into
+  128-token sequences, 15% masked), on a masked LM built on the bench model's config.
 - compile: eager at exact widths against `torch.compile(dynamic=False)` on widths rounded up to a
   few buckets (16, 32, 64, 128, ...): compile seconds apart, steady time after every bucket compiled.
 - predict-precision: fp32, bf16 autocast, bf16 weights; rows/s and how often the argmax agrees.
@@ -55,7 +57,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import PreTrainedModel
+from transformers import BertForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from lib.core.cli import run_cli
 from lib.core.device import autocast
@@ -67,11 +69,15 @@ from lib.finetune.config import TrainConfig
 from lib.finetune.evaluate import predict_logits
 from lib.finetune.losses import FocalLoss
 from lib.finetune.prepare import prepare_new
+from lib.data.mlm import IGNORE_INDEX, DynamicMasker, collate_mlm, masking_generator, pack_sequences
 from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
+from lib.model.attention import attention_implementation
+from lib.model.mlm import MaskedPositions
+from lib.pretrain.trainer import MaskedLMObjective
 from lib.model.cls_only import classifier_logits, cls_only_forward
 from bench.throughput import _Parser
 
-LEVERS = ("order", "grouping", "loss", "gradnorm", "dropout", "attention", "compile", "predict-precision",
+LEVERS = ("order", "grouping", "loss", "gradnorm", "dropout", "attention", "mlm-attention", "compile", "predict-precision",
           "predict-batching", "native-layer", "cls")
 WARMUP_STEPS = 3  # steps before timing: first-shape kernels and allocator warm-up
 
@@ -105,6 +111,7 @@ class Bench:
     """What every lever measures on: one initial model, its training batches and the validation rows."""
 
     model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
     train: EncodedTexts
     batches: list[np.ndarray]  # our length-grouped order of one epoch, cut to --steps after warm-up
     val: EncodedTexts
@@ -144,7 +151,7 @@ def _prepare(args: argparse.Namespace) -> Bench:
     prepared = prepare_new(cfg, Distributed(), torch.device("cpu"))
     train, val = prepared.train_data, prepared.val_data  # padded as train.py pads (pad_multiple)
     batches = training_batches(train.lengths, args.batch_size, args.seed, 0, True)
-    bench = Bench(prepared.model, train, batches[:WARMUP_STEPS + args.steps], val, args)
+    bench = Bench(prepared.model, prepared.tokenizer, train, batches[:WARMUP_STEPS + args.steps], val, args)
     started = time.perf_counter()
     warm = batches[:args.warm_steps]
     _train_seconds(bench, model=bench.model, batches=warm, learning_rate=prepared.plan.learning_rate)
@@ -346,6 +353,42 @@ def attention_lever(bench: Bench) -> None:
     _report(seconds, len(bench.val), "rows")
 
 
+def mlm_attention_lever(bench: Bench, max_length: int = 128) -> None:
+    tokenizer, args = bench.tokenizer, bench.args
+    packed = pack_sequences(bench.train.input_ids, max_length, tokenizer.cls_token_id, tokenizer.sep_token_id,
+                            tokenizer.pad_token_id)
+    masker = DynamicMasker(len(tokenizer), tokenizer.mask_token_id, tokenizer.all_special_ids)
+    count = min(WARMUP_STEPS + args.steps, len(packed) // args.batch_size)
+    if count <= WARMUP_STEPS:
+        raise UserError(f"mlm-attention: {len(bench.train)} rows pack into {len(packed)} sequences of "
+                        f"{max_length} tokens, too few for {WARMUP_STEPS + 1} batches of {args.batch_size}")
+    batches = [collate_mlm(packed, np.arange(i * args.batch_size, (i + 1) * args.batch_size), masker,
+                           masking_generator(args.seed, 0, i)) for i in range(count)]
+    torch.manual_seed(args.seed)
+    initial = BertForMaskedLM(bench.model.config).train()
+    device = torch.device("cpu")
+
+    def seconds(implementation: str | None) -> float:
+        model = copy.deepcopy(initial)
+        parameters = list(model.parameters())
+        optimizer = torch.optim.AdamW(parameters, lr=1e-4, fused=True)
+        objective, scaler = MaskedLMObjective(args.precision, device), torch.amp.GradScaler("cpu", enabled=False)
+        started = 0.0
+        for index, batch in enumerate(batches):
+            if index == WARMUP_STEPS:
+                started = time.perf_counter()
+            masked = int((batch["labels"] != IGNORE_INDEX).sum())
+            with attention_implementation(model, implementation):
+                accumulate_window(MaskedPositions(model), [batch], objective, WindowShare(masked, scaler))
+            optimizer_step(parameters, optimizer, scaler, 1.0)
+        return time.perf_counter() - started
+
+    print(f"  {count - WARMUP_STEPS} timed steps of {args.batch_size} sequences of up to {max_length} tokens")
+    timed = _fastest({"pretraining, SDPA": lambda: seconds(None), "pretraining, eager": lambda: seconds("eager")},
+                     args.repeats)
+    _report(timed, (count - WARMUP_STEPS) * args.batch_size, "sequences")
+
+
 def compile_lever(bench: Bench) -> None:
     buckets = sorted(int(b) for b in bench.args.buckets.split(","))
     longest = int(bench.train.lengths.max())
@@ -494,7 +537,8 @@ def native_layer_lever(bench: Bench) -> None:
 
 MEASURES: dict[str, Callable[[Bench], None]] = {
     "order": order_lever, "grouping": grouping_lever, "loss": loss_lever, "gradnorm": gradnorm_lever,
-    "dropout": dropout_lever, "attention": attention_lever, "compile": compile_lever,
+    "dropout": dropout_lever, "attention": attention_lever, "mlm-attention": mlm_attention_lever,
+    "compile": compile_lever,
     "predict-precision": predict_precision_lever, "predict-batching": predict_batching_lever,
     "native-layer": native_layer_lever, "cls": cls_lever,
 }

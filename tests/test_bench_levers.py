@@ -48,11 +48,13 @@ def test_grouping_with_no_megabatch_is_the_plain_shuffled_order():
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 def test_the_script_measures_its_levers_on_a_small_file(toy_data, capsys):
     argv = ["--quick", "--train-file", str(toy_data["train"]), "--val-size", "0.2", "--rows", "300",
-            "--levers", "order,dropout,predict-precision,predict-batching,native-layer,cls", "--token-budgets", "512"]
+            "--batch-size", "4", "--token-budgets", "512",
+            "--levers", "order,dropout,mlm-attention,predict-precision,predict-batching,native-layer,cls"]
     assert run_cli(levers.main, argv) == 0
     printed = capsys.readouterr().out
     for line in ("shuffled batch order (ours)", "masks from rand_like >= p", "bf16 weights", "or 512 tokens",
-                 "nn.TransformerEncoderLayer, nested tensors", "training, last layer at [CLS] only (ours)"):
+                 "nn.TransformerEncoderLayer, nested tensors", "training, last layer at [CLS] only (ours)",
+                 "pretraining, eager"):
         assert line in printed
     assert "argmax agrees with fp32 on 1.0000" in printed  # fp32 against itself
 

@@ -18,6 +18,7 @@ from lib.model.backbone import add_special_tokens, train_wordpiece
 from lib.model.mlm import masked_logits
 from lib.pretrain.config import PretrainConfig
 from lib.pretrain.plan import steps_for_budget
+from lib.pretrain import trainer as pretrainer
 from lib.pretrain.trainer import pretrain_new, resume_pretraining
 from tests.conftest import StopAtStep, tiny_config, tiny_pretrain_config
 
@@ -84,6 +85,24 @@ def test_train_py_fine_tunes_the_pretrained_folder(pretrained, toy_data, tmp_pat
     result = json.loads(run.result.read_text())
     assert result["global_step"] == 92
     assert result["best"]["accuracy"] >= 0.45 and result["best"]["loss"] < 1.2  # chance: 0.25 and ln 4 = 1.39
+
+
+def test_a_cpu_pretraining_run_trains_with_eager_attention_and_evaluates_with_sdpa(corpus, tiny_init, tmp_path,
+                                                                                   monkeypatch):
+    seen = {"train": set(), "eval": set()}
+
+    def recorded(name, function, model_of):
+        def call(model, *args, **kwargs):
+            seen[name].add(model_of(model).config._attn_implementation)
+            return function(model, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(pretrainer, "accumulate_window",
+                        recorded("train", pretrainer.accumulate_window, lambda wrapped: wrapped.model))
+    monkeypatch.setattr(pretrainer, "evaluate_mlm", recorded("eval", pretrainer.evaluate_mlm, lambda model: model))
+    folder = pretrain_new(tiny_pretrain_config(corpus, tiny_init, tmp_path / "tapt", max_steps=4, eval_steps=2))
+    assert seen == {"train": {"eager"}, "eval": {"sdpa"}}
+    assert "_attn_implementation" not in (folder / "config.json").read_text()
 
 
 def test_masked_logits_equal_the_full_forward_at_the_masked_positions(tiny_init):

@@ -1,10 +1,12 @@
 """Which attention kernel a model runs while it trains.
 
 On a CPU, BERT-family eager attention trained 1.02x-1.08x faster than PyTorch's SDPA, while SDPA
-predicted 1-5% faster (bench/levers.py: scratch tiny and mini, fp32 and bf16). So on a CPU the
-training steps of a model that runs SDPA switch it to eager for their duration; evaluation,
-prediction and the saved config keep SDPA. Both compute the same attention; only the attention
-dropout draws its masks in another way. A switch costs microseconds (a config field).
+predicted 1-5% faster (bench/levers.py: scratch tiny and mini, fp32 and bf16); masked-LM steps on
+128-token sequences were level in fp32 and faster in bf16 (`--levers mlm-attention`). So on a CPU
+the fine-tuning and pretraining steps of a model that runs SDPA switch it to eager for their
+duration; evaluation, prediction and the saved config keep SDPA. Both compute the same attention;
+only the attention dropout draws its masks in another way. A switch costs microseconds (a config
+field).
 """
 
 from __future__ import annotations
