@@ -16,9 +16,9 @@ from lib.loop.schedule import lr_multiplier
 from lib.loop.stop import TrainingInterrupted
 from lib.model.backbone import add_special_tokens, train_wordpiece
 from lib.model.mlm import masked_logits
+from lib.pretrain import trainer as pretrainer
 from lib.pretrain.config import PretrainConfig
 from lib.pretrain.plan import steps_for_budget
-from lib.pretrain import trainer as pretrainer
 from lib.pretrain.trainer import pretrain_new, resume_pretraining
 from tests.conftest import StopAtStep, tiny_config, tiny_pretrain_config
 
