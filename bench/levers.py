@@ -447,21 +447,26 @@ def cls_lever(bench: Bench) -> None:
                         "training, last layer at [CLS] only (ours)": lambda: _train_seconds(bench)},
                        bench.args.repeats)
     _report(seconds, _timed_rows(bench), "samples")
-    model = bench.fresh_model().eval()
+    _compare_forwards(bench, bench.fresh_model().eval(), bench.args.precision,
+                      {"prediction, whole model": _whole_forward,
+                       "prediction, last layer at [CLS] only (ours)": classifier_logits})
+
+
+def _compare_forwards(bench: Bench, model: PreTrainedModel, precision: str, forwards: dict[str, Callable]) -> None:
+    """Each forward's rate over the same length-sorted prediction batches, and its largest logit
+    difference from the first forward's."""
     batches = sorted_batches(bench.val.lengths, bench.args.eval_batch_size,
                              batching.prediction_token_budget(torch.device("cpu")))
     logits: dict[str, np.ndarray] = {}
-    runs = {"prediction, whole model": _whole_forward,
-            "prediction, last layer at [CLS] only (ours)": classifier_logits}
 
     def timed(name: str) -> float:
-        seconds, logits[name] = _predict_seconds(bench, model, bench.args.precision, batches=batches,
-                                                 forward=runs[name])
+        seconds, logits[name] = _predict_seconds(bench, model, precision, batches=batches, forward=forwards[name])
         return seconds
 
-    seconds = _fastest({name: (lambda n=name: timed(n)) for name in runs}, bench.args.repeats)
-    whole, ours = logits.values()
-    _report(seconds, len(bench.val), "rows", {list(runs)[1]: f"max |logit diff| {np.abs(whole - ours).max():.2g}"})
+    seconds = _fastest({name: (lambda n=name: timed(n)) for name in forwards}, bench.args.repeats)
+    first = logits[next(iter(forwards))]
+    _report(seconds, len(bench.val), "rows", {name: f"max |logit diff| {np.abs(first - logits[name]).max():.2g}"
+                                              for name in list(forwards)[1:]})
 
 
 def predict_batching_lever(bench: Bench) -> None:
@@ -508,8 +513,6 @@ def native_layer_lever(bench: Bench) -> None:
         print("  skipped: PyTorch's fused encoder path does not run under autocast")
         return
     model = bench.fresh_model().eval()
-    batches = sorted_batches(bench.val.lengths, bench.args.eval_batch_size,
-                             batching.prediction_token_budget(torch.device("cpu")))
 
     def native(nested: bool) -> Callable:
         encoder = _native_encoder(model, nested)
@@ -521,18 +524,9 @@ def native_layer_lever(bench: Bench) -> None:
             return model.classifier(model.bert.pooler(hidden))
         return forward
 
-    runs = {"prediction, BERT layers (whole model)": _whole_forward, "nn.TransformerEncoderLayer": native(False),
-            "nn.TransformerEncoderLayer, nested tensors": native(True)}
-    logits: dict[str, np.ndarray] = {}
-
-    def timed(name: str) -> float:
-        seconds, logits[name] = _predict_seconds(bench, model, "fp32", batches=batches, forward=runs[name])
-        return seconds
-
-    seconds = _fastest({name: (lambda n=name: timed(n)) for name in runs}, bench.args.repeats)
-    whole = logits[next(iter(runs))]
-    _report(seconds, len(bench.val), "rows", {name: f"max |logit diff| {np.abs(whole - logits[name]).max():.2g}"
-                                              for name in list(runs)[1:]})
+    _compare_forwards(bench, model, "fp32", {"prediction, BERT layers (whole model)": _whole_forward,
+                                             "nn.TransformerEncoderLayer": native(False),
+                                             "nn.TransformerEncoderLayer, nested tensors": native(True)})
 
 
 MEASURES: dict[str, Callable[[Bench], None]] = {
