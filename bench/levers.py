@@ -5,8 +5,8 @@
     python bench/levers.py --quick                          # smoke version (fewer rows and steps)
 
 Training levers time our real step (`ClassifierObjective` -> `accumulate_window` -> `optimizer_step`,
-fused AdamW) over the same length-grouped batches of NSMC-4 reviews, each configuration on its own
-copy of one initial model; prediction levers time `predict_logits` over the validation rows. The
+fused AdamW, with the attention kernel and dropout masks our CPU steps switch to) over the same
+length-grouped batches of NSMC-4 reviews, each configuration on its own copy of one initial model; prediction levers time `predict_logits` over the validation rows. The
 configurations of a lever alternate (A B A B ...) `--repeats` times and the fastest pass of each
 counts, so a slow spell of a shared machine hits all of them alike; ratios are to the lever's
 first row (what the product does today). What each lever changes:
@@ -16,11 +16,13 @@ first row (what the product does today). What each lever changes:
   padding each leaves (real / computed tokens) and the time of an epoch's worth of its batches.
 - loss: our FocalLoss at gamma 0 (cross entropy through the general path) against F.cross_entropy.
 - gradnorm: clipping with the norm kept on the device (ours), with `.item()` read every step, none.
-- dropout: the model's dropout (0.1) against none (what dropout costs), and against dropout
-  masks drawn as `rand_like(x) >= p` instead of torch's `bernoulli_` (same distribution).
-- attention: SDPA (the transformers default) against the eager attention.
+- dropout: our masks from 16-bit random integers (lib.model.dropout, with our eager attention
+  kernel) against torch's `bernoulli_` masks (eager attention), masks drawn as `rand_like(x) >= p`
+  and no dropout at all (what dropout costs).
+- attention: SDPA (the transformers default) against the eager attention, both with torch's dropout.
 - mlm-attention: the same in pretraining steps (pretrain.py's objective on reviews packed into
-  128-token sequences, 15% masked), on a masked LM built on the bench model's config.
+  128-token sequences, 15% masked), on a masked LM built on the bench model's config, and our
+  eager kernel with 16-bit integer dropout masks.
 - compile: eager at exact widths against `torch.compile(dynamic=False)` on widths rounded up to a
   few buckets (16, 32, 64, 128, ...): compile seconds apart, steady time after every bucket compiled.
 - predict-precision: fp32, bf16 autocast, bf16 weights; rows/s and how often the argmax agrees.
@@ -71,10 +73,11 @@ from lib.finetune.losses import FocalLoss
 from lib.finetune.prepare import prepare_new
 from lib.data.mlm import IGNORE_INDEX, DynamicMasker, collate_mlm, masking_generator, pack_sequences
 from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
-from lib.model.attention import attention_implementation
+from lib.model.attention import INTEGER_DROPOUT_ATTENTION, attention_implementation, training_attention
 from lib.model.mlm import MaskedPositions
 from lib.pretrain.trainer import MaskedLMObjective
 from lib.model.cls_only import classifier_logits, cls_only_forward
+from lib.model.dropout import dropout_modules
 from bench.throughput import _Parser
 
 LEVERS = ("order", "grouping", "loss", "gradnorm", "dropout", "attention", "mlm-attention", "compile", "predict-precision",
@@ -176,8 +179,9 @@ def _train_seconds(bench: Bench, *, model: PreTrainedModel | None = None, batche
                    data: EncodedTexts | None = None, loss_fn: torch.nn.Module | None = None,
                    after_step: Callable[[torch.Tensor], None] | None = None, max_grad_norm: float = 1.0,
                    precision: str | None = None, collate_fn: Callable = collate, learning_rate: float = 1e-4,
-                   cls_only: bool = True) -> float:
-    """Seconds of our training step over `batches` after the first WARMUP_STEPS (collate included)."""
+                   cls_only: bool = True, step_kernels: bool = True) -> float:
+    """Seconds of our training step over `batches` after the first WARMUP_STEPS (collate included);
+    `step_kernels`: with the attention and dropout our CPU steps switch to (else the model's own)."""
     model = model if model is not None else bench.fresh_model()
     data = data if data is not None else bench.train
     batches = batches if batches is not None else bench.batches
@@ -187,11 +191,13 @@ def _train_seconds(bench: Bench, *, model: PreTrainedModel | None = None, batche
     objective = ClassifierObjective(loss_fn or FocalLoss(model.config.num_labels), precision or bench.args.precision,
                                     device)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
+    attention = training_attention(model, device) if step_kernels else None
     started = 0.0
     for index, rows in enumerate(batches):
         if index == WARMUP_STEPS:
             started = time.perf_counter()
-        with cls_only_forward(model) if cls_only else contextlib.nullcontext():
+        with attention_implementation(model, attention), dropout_modules(model, step_kernels), \
+                cls_only_forward(model) if cls_only else contextlib.nullcontext():
             accumulate_window(model, [collate_fn(data, rows)], objective, WindowShare(len(rows), scaler))
         outcome = optimizer_step(parameters, optimizer, scaler, max_grad_norm)
         if after_step is not None:
@@ -316,8 +322,9 @@ class RandDropout(torch.nn.Module):
 
 
 def _with_dropout(bench: Bench, make: Callable[[float], torch.nn.Module]) -> PreTrainedModel:
-    """A fresh model whose dropout modules are `make(p)` (the attention's too: SDPA reads its `p`)."""
-    model = bench.fresh_model()
+    """A fresh model with eager attention whose dropout modules are `make(p)` (the attention's too:
+    it reads their `p`)."""
+    model = _with_attention(bench, "eager")
     for parent in list(model.modules()):
         for name, child in parent.named_children():
             if isinstance(child, torch.nn.Dropout):
@@ -326,11 +333,12 @@ def _with_dropout(bench: Bench, make: Callable[[float], torch.nn.Module]) -> Pre
 
 
 def dropout_lever(bench: Bench) -> None:
-    seconds = _fastest({"torch dropout (ours)": lambda: _train_seconds(bench),
-                        "masks from rand_like >= p": lambda: _train_seconds(bench,
-                                                                            model=_with_dropout(bench, RandDropout)),
-                        "no dropout (what dropout costs)": lambda: _train_seconds(bench,
-                                                                                  model=_with_dropout(bench, lambda p: torch.nn.Dropout(0.0)))},
+    torch_steps = lambda model: _train_seconds(bench, model=model, step_kernels=False)
+    seconds = _fastest({"masks from 16-bit integers (ours)": lambda: _train_seconds(bench),
+                        "torch's bernoulli_ masks": lambda: torch_steps(_with_attention(bench, "eager")),
+                        "masks from rand_like >= p": lambda: torch_steps(_with_dropout(bench, RandDropout)),
+                        "no dropout (what dropout costs)": lambda: torch_steps(
+                            _with_dropout(bench, lambda p: torch.nn.Dropout(0.0)))},
                        bench.args.repeats)
     _report(seconds, _timed_rows(bench), "samples")
 
@@ -343,9 +351,9 @@ def _with_attention(bench: Bench, implementation: str) -> PreTrainedModel:
 
 def attention_lever(bench: Bench) -> None:
     print(f"  the model's own: {bench.model.config._attn_implementation}")
-    seconds = _fastest({"training, SDPA": lambda: _train_seconds(bench, model=_with_attention(bench, "sdpa")),
-                        "training, eager": lambda: _train_seconds(bench, model=_with_attention(bench, "eager"))},
-                       bench.args.repeats)
+    steps = lambda name: _train_seconds(bench, model=_with_attention(bench, name), step_kernels=False)
+    seconds = _fastest({"training, SDPA (torch dropout)": lambda: steps("sdpa"),
+                        "training, eager (torch dropout)": lambda: steps("eager")}, bench.args.repeats)
     _report(seconds, _timed_rows(bench), "samples")
     models = {name: _with_attention(bench, name) for name in ("sdpa", "eager")}
     seconds = _fastest({f"prediction, {name}": (lambda m=m: _predict_seconds(bench, m, bench.args.precision)[0])
@@ -370,6 +378,7 @@ def mlm_attention_lever(bench: Bench, max_length: int = 128) -> None:
 
     def seconds(implementation: str | None) -> float:
         model = copy.deepcopy(initial)
+        integer = implementation == INTEGER_DROPOUT_ATTENTION
         parameters = list(model.parameters())
         optimizer = torch.optim.AdamW(parameters, lr=1e-4, fused=True)
         objective, scaler = MaskedLMObjective(args.precision, device), torch.amp.GradScaler("cpu", enabled=False)
@@ -378,14 +387,15 @@ def mlm_attention_lever(bench: Bench, max_length: int = 128) -> None:
             if index == WARMUP_STEPS:
                 started = time.perf_counter()
             masked = int((batch["labels"] != IGNORE_INDEX).sum())
-            with attention_implementation(model, implementation):
+            with attention_implementation(model, implementation), dropout_modules(model, integer):
                 accumulate_window(MaskedPositions(model), [batch], objective, WindowShare(masked, scaler))
             optimizer_step(parameters, optimizer, scaler, 1.0)
         return time.perf_counter() - started
 
     print(f"  {count - WARMUP_STEPS} timed steps of {args.batch_size} sequences of up to {max_length} tokens")
-    timed = _fastest({"pretraining, SDPA": lambda: seconds(None), "pretraining, eager": lambda: seconds("eager")},
-                     args.repeats)
+    timed = _fastest({"pretraining, SDPA": lambda: seconds(None), "pretraining, eager": lambda: seconds("eager"),
+                      "pretraining, eager, 16-bit integer dropout masks (ours)":
+                          lambda: seconds(INTEGER_DROPOUT_ATTENTION)}, args.repeats)
     _report(timed, (count - WARMUP_STEPS) * args.batch_size, "sequences")
 
 
@@ -399,11 +409,12 @@ def compile_lever(bench: Bench) -> None:
     compiled = torch.compile(bench.fresh_model(), dynamic=False)
     to_bucket = lambda data, rows: _bucket_padded(collate(data, rows), buckets, data.pad_token_id)
     started = time.perf_counter()  # a batch of each width compiles every graph before timing
-    _train_seconds(bench, model=compiled, batches=_one_batch_per_bucket(bench, buckets), collate_fn=to_bucket)
+    _train_seconds(bench, model=compiled, batches=_one_batch_per_bucket(bench, buckets), collate_fn=to_bucket,
+                   step_kernels=False)
     compile_seconds = time.perf_counter() - started
     seconds = _fastest({"eager, exact widths (ours)": lambda: _train_seconds(bench),
-                        "compiled, bucketed static widths": lambda: _train_seconds(bench, model=compiled,
-                                                                                   collate_fn=to_bucket)},
+                        "compiled, bucketed static widths": lambda: _train_seconds(
+                            bench, model=compiled, collate_fn=to_bucket, step_kernels=False)},
                        bench.args.repeats)
     _report(seconds, _timed_rows(bench), "samples",
             {"compiled, bucketed static widths": f"after {compile_seconds:.0f} s compiling {len(buckets)} widths"})

@@ -1,52 +1,72 @@
-"""On a CPU, training steps run eager attention and everything else the model's SDPA."""
+"""On a CPU, training steps run our eager attention (integer-mask dropout) and everything else the model's SDPA."""
 
 import pytest
 import torch
 
 from lib.finetune import trainer
 from lib.finetune.trainer import train_new
-from lib.model.attention import attention_implementation, training_attention
+from lib.model.attention import INTEGER_DROPOUT_ATTENTION, attention_implementation, training_attention
 from tests.conftest import tiny_config
-from tests.tiny_encoders import tiny_bert
+from tests.tiny_encoders import tiny_bert, tiny_classifier
 
 
-def test_only_a_cpu_model_that_runs_sdpa_trains_with_eager_attention():
+def test_a_cpu_model_trains_with_our_eager_kernel_where_it_dispatches_through_the_attention_interface():
     model = tiny_bert()
     assert model.config._attn_implementation == "sdpa"
-    assert training_attention(model, torch.device("cpu")) == "eager"
+    assert training_attention(model, torch.device("cpu")) == INTEGER_DROPOUT_ATTENTION
     assert training_attention(model, torch.device("cuda", 0)) is None
+    assert training_attention(model, torch.device("cpu"), compiled=True) == "eager"  # torch's dropout compiles
     model.set_attn_implementation("eager")
-    assert training_attention(model, torch.device("cpu")) is None
+    assert training_attention(model, torch.device("cpu")) == INTEGER_DROPOUT_ATTENTION
+    model.set_attn_implementation("sdpa")
+    model._supports_attention_backend = False  # a family with SDPA but its own attention classes
+    assert training_attention(model, torch.device("cpu")) == "eager"
+    assert training_attention(tiny_classifier("deberta-v2"), torch.device("cpu")) is None  # eager, its own
 
 
-def test_eager_attention_computes_what_sdpa_does_and_the_model_gets_its_own_back():
+@pytest.mark.parametrize("implementation", ["eager", INTEGER_DROPOUT_ATTENTION])
+def test_eager_attention_computes_what_sdpa_does_and_the_model_gets_its_own_back(implementation):
     model = tiny_bert(layers=2).eval()
     ids = torch.randint(1, 50, (3, 9))
     mask = torch.ones_like(ids)
     mask[0, 5:] = 0
+    mask[1, 2:] = 0
     with torch.no_grad():
         sdpa = model(input_ids=ids, attention_mask=mask).logits
-        with attention_implementation(model, "eager"):
-            assert model.config._attn_implementation == "eager"
+        with attention_implementation(model, implementation):
+            assert model.config._attn_implementation == implementation
             eager = model(input_ids=ids, attention_mask=mask).logits
     assert model.config._attn_implementation == "sdpa"
     torch.testing.assert_close(eager, sdpa, rtol=1e-5, atol=1e-6)
-    with pytest.raises(RuntimeError), attention_implementation(model, "eager"):
+    with pytest.raises(RuntimeError), attention_implementation(model, implementation):
         raise RuntimeError("a failed step")
     assert model.config._attn_implementation == "sdpa"
 
 
-def test_a_cpu_run_trains_with_eager_attention_and_evaluates_with_sdpa(toy_data, tmp_path, monkeypatch):
+def test_our_kernel_drops_attention_probabilities_in_training_only():
+    model = tiny_bert(layers=1)
+    model.config.attention_probs_dropout_prob = model.bert.encoder.layer[0].attention.self.dropout.p = 0.5
+    ids = torch.randint(1, 50, (3, 9))
+    mask = torch.ones_like(ids)
+    with torch.no_grad(), attention_implementation(model, INTEGER_DROPOUT_ATTENTION):
+        reference = model.eval()(input_ids=ids, attention_mask=mask).logits
+        model.train()  # no other dropout in this model: only the attention probabilities can differ
+        assert not torch.allclose(model(input_ids=ids, attention_mask=mask).logits, reference)
+
+
+def test_a_cpu_run_trains_with_our_kernel_and_dropout_and_evaluates_with_sdpa(toy_data, tmp_path, monkeypatch):
     seen = {"train": set(), "eval": set()}
 
     def recorded(name, function):
         def call(model, *args, **kwargs):
-            seen[name].add(getattr(model, "module", model).config._attn_implementation)
+            plain = getattr(model, "module", model)
+            switched = any("forward" in vars(m) for m in plain.modules() if isinstance(m, torch.nn.Dropout))
+            seen[name].add((plain.config._attn_implementation, switched))
             return function(model, *args, **kwargs)
         return call
 
     monkeypatch.setattr(trainer, "accumulate_window", recorded("train", trainer.accumulate_window))
     monkeypatch.setattr(trainer, "gathered_logits", recorded("eval", trainer.gathered_logits))
     run = train_new(tiny_config(toy_data, tmp_path, num_train_epochs=1.0))
-    assert seen == {"train": {"eager"}, "eval": {"sdpa"}}
+    assert seen == {"train": {(INTEGER_DROPOUT_ATTENTION, True)}, "eval": {("sdpa", False)}}
     assert "_attn_implementation" not in (run.path / "best" / "config.json").read_text()

@@ -14,6 +14,7 @@ from lib.data.mlm import DynamicMasker, collate_mlm, pack_sequences, read_texts
 from lib.finetune.trainer import train_new
 from lib.loop.schedule import lr_multiplier
 from lib.loop.stop import TrainingInterrupted
+from lib.model.attention import INTEGER_DROPOUT_ATTENTION
 from lib.model.backbone import add_special_tokens, train_wordpiece
 from lib.model.mlm import masked_logits
 from lib.pretrain import trainer as pretrainer
@@ -87,7 +88,7 @@ def test_train_py_fine_tunes_the_pretrained_folder(pretrained, toy_data, tmp_pat
     assert result["best"]["accuracy"] >= 0.45 and result["best"]["loss"] < 1.2  # chance: 0.25 and ln 4 = 1.39
 
 
-def test_a_cpu_pretraining_run_trains_with_eager_attention_and_evaluates_with_sdpa(corpus, tiny_init, tmp_path,
+def test_a_cpu_pretraining_run_trains_with_our_eager_kernel_and_evaluates_with_sdpa(corpus, tiny_init, tmp_path,
                                                                                    monkeypatch):
     seen = {"train": set(), "eval": set()}
 
@@ -101,7 +102,7 @@ def test_a_cpu_pretraining_run_trains_with_eager_attention_and_evaluates_with_sd
                         recorded("train", pretrainer.accumulate_window, lambda wrapped: wrapped.model))
     monkeypatch.setattr(pretrainer, "evaluate_mlm", recorded("eval", pretrainer.evaluate_mlm, lambda model: model))
     folder = pretrain_new(tiny_pretrain_config(corpus, tiny_init, tmp_path / "tapt", max_steps=4, eval_steps=2))
-    assert seen == {"train": {"eager"}, "eval": {"sdpa"}}
+    assert seen == {"train": {INTEGER_DROPOUT_ATTENTION}, "eval": {"sdpa"}}
     assert "_attn_implementation" not in (folder / "config.json").read_text()
 
 

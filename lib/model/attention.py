@@ -3,10 +3,14 @@
 On a CPU, BERT-family eager attention trained 1.02x-1.08x faster than PyTorch's SDPA, while SDPA
 predicted 1-5% faster (bench/levers.py: scratch tiny and mini, fp32 and bf16); masked-LM steps on
 128-token sequences were level in fp32 and faster in bf16 (`--levers mlm-attention`). So on a CPU
-the fine-tuning and pretraining steps of a model that runs SDPA switch it to eager for their
-duration; evaluation, prediction and the saved config keep SDPA. Both compute the same attention;
-only the attention dropout draws its masks in another way. A switch costs microseconds (a config
-field).
+the fine-tuning and pretraining steps switch a model to eager attention for their duration, and
+where the model dispatches through transformers' attention interface, to our own eager kernel,
+`INTEGER_DROPOUT_ATTENTION`: the same arithmetic, with the attention probabilities' dropout drawn
+by `lib.model.dropout` (bench/levers.py `--levers dropout`). Evaluation, prediction and the saved
+config keep SDPA. A switch costs microseconds (a config field).
+
+Importing this module registers that kernel, and the eager (additive) mask it reads, under its
+name in transformers' attention and mask registries; nothing else in them changes.
 """
 
 from __future__ import annotations
@@ -15,12 +19,42 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-from transformers import PreTrainedModel
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from lib.model.dropout import integer_dropout, integer_dropout_applies
+
+INTEGER_DROPOUT_ATTENTION = "eager_integer_dropout"
 
 
-def training_attention(model: PreTrainedModel, device: torch.device) -> str | None:
-    """The attention implementation training steps should use, or None to leave the model's own."""
-    return "eager" if device.type == "cpu" and model.config._attn_implementation == "sdpa" else None
+def _eager_integer_dropout(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                           **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention over (rows, heads, positions, head size), with the additive mask; the output
+    as (rows, positions, heads, head size), as transformers' eager kernels return it."""
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scale
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = integer_dropout(scores.softmax(dim=-1), dropout, module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+AttentionInterface.register(INTEGER_DROPOUT_ATTENTION, _eager_integer_dropout)
+AttentionMaskInterface.register(INTEGER_DROPOUT_ATTENTION, eager_mask)
+
+
+def training_attention(model: PreTrainedModel, device: torch.device, compiled: bool = False) -> str | None:
+    """The attention implementation training steps should use, or None to leave the model's own.
+
+    Under torch.compile the integer-mask dropout is not used (`lib.model.dropout.integer_dropout_applies`).
+    """
+    own = model.config._attn_implementation
+    if device.type != "cpu" or own not in ("sdpa", "eager"):
+        return None
+    if integer_dropout_applies(device, compiled) and getattr(model, "_supports_attention_backend", False):
+        return INTEGER_DROPOUT_ATTENTION
+    return "eager" if own == "sdpa" else None
 
 
 @contextmanager

@@ -42,6 +42,7 @@ from lib.loop.state import LoopPosition, load_state, rng_state, save_state, set_
 from lib.loop.step import WindowShare, accumulate_window, optimizer_step
 from lib.loop.stop import StopRequest, TrainingInterrupted
 from lib.model.attention import attention_implementation, training_attention
+from lib.model.dropout import dropout_modules, integer_dropout_applies
 from lib.model.mlm import MaskedPositions, masked_logits
 from lib.pretrain import plan as planning
 from lib.pretrain.config import PretrainConfig
@@ -191,6 +192,9 @@ class Pretraining:
         if self.train_attention:
             log.info("attention: %s in training steps on the CPU (measured faster), %s for evaluation",
                      self.train_attention, self.model.config._attn_implementation)
+        self.integer_dropout = integer_dropout_applies(s.device, compiled=False)
+        if self.integer_dropout:
+            log.info("dropout: masks from 16-bit random integers in training steps on the CPU (measured faster)")
         self.bar = None
         self._windows: tuple[int, list] | None = None
 
@@ -254,7 +258,8 @@ class Pretraining:
         masked = sum(int((batch["labels"] != IGNORE_INDEX).sum()) for batch in batches)
         tokens = sum(int(batch["attention_mask"].sum()) for batch in batches)
         share = WindowShare(max(1, masked), self.scaler, self.ctx.world_size)
-        with attention_implementation(self.model, self.train_attention):
+        with attention_implementation(self.model, self.train_attention), \
+                dropout_modules(self.model, self.integer_dropout):
             self.pending_loss += accumulate_window(self.trained_model, [self._local(batch) for batch in batches],
                                                    self.objective, share) * share.denominator
         lr = set_learning_rate(self.optimizer, lr_multiplier(cfg.lr_scheduler_type, loop.schedule_step,
