@@ -6,8 +6,9 @@
 
 Training levers time our real step (`ClassifierObjective` -> `accumulate_window` -> `optimizer_step`,
 fused AdamW, with the attention kernel and dropout masks our CPU steps switch to) over the same
-length-grouped batches of NSMC-4 reviews, each configuration on its own copy of one initial model; prediction levers time `predict_logits` over the validation rows. The
-configurations of a lever alternate (A B A B ...) `--repeats` times and the fastest pass of each
+length-grouped batches of NSMC-4 reviews, each configuration on its own copy of one initial model;
+prediction levers time `predict_logits` over the validation rows. The configurations of a lever
+alternate (A B A B ...) `--repeats` times and the fastest pass of each
 counts, so a slow spell of a shared machine hits all of them alike; ratios are to the lever's
 first row (what the product does today). What each lever changes:
 

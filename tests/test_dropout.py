@@ -51,12 +51,14 @@ def test_the_scale_keeps_the_expectation_and_the_gradient_is_the_mask_times_the_
 
 def test_bf16_values_are_scaled_in_float_then_rounded_once():
     torch.manual_seed(2)
-    x = torch.randn(4096).to(torch.bfloat16)
+    x = torch.randn(4096).to(torch.bfloat16).requires_grad_()
     out = integer_dropout(x, 0.1)
     assert out.dtype == torch.bfloat16
     kept = out != 0
     _, scale = _dropped_and_scale(0.1)
     assert torch.equal(out[kept], (x[kept].float() * scale).to(torch.bfloat16))
+    out.sum().backward()
+    assert torch.equal(x.grad, torch.where(kept, torch.tensor(scale).to(torch.bfloat16), 0.0).to(torch.bfloat16))
 
 
 def test_masks_follow_the_default_generator():

@@ -2,16 +2,18 @@
 
 On a CPU, torch's dropout draws one Bernoulli sample per element from the default generator: 870 µs
 for one of scratch:tiny's hidden-state tensors (32 x 40 x 128), where a multiply takes 10 µs, and
-a fifth of a tiny training step. Here each 64-bit random integer gives four 16-bit levels, and an
-element is kept when its level is among the top 65536 - k, where k = round(p * 65536): the rate p
-is realised to within 1/131072, the kept elements are scaled by 65536 / (65536 - k), so every
-expectation is exactly that of the input, and the masks are independent across elements as
-before. The mask takes a quarter of the generator's draws and about a quarter of the time
-(bench/levers.py `--levers dropout`). The generator is torch's default one, so seeding and
-resuming are unchanged; only the stream of masks differs from torch's dropout.
+most of the 15-20% of a tiny fp32 training step that dropout cost. Here each 64-bit random integer
+gives four 16-bit levels, and an element is kept when its level is among the top 65536 - k, where
+k = round(p * 65536): the rate p is realised to within 1/131072, the kept elements are scaled by
+65536 / (65536 - k), so every expectation is exactly that of the input, and the masks are
+independent across elements as before. One 64-bit draw per four elements took 220 µs for that
+tensor (bench/levers.py `--levers dropout` for whole steps). The generator is torch's default one,
+so seeding and resuming are unchanged; only the stream of masks differs from torch's dropout.
 
 Training steps on a CPU run `dropout_modules` around the step (every `nn.Dropout` of the model) and
-the attention implementation of `lib.model.attention` (the attention probabilities' dropout).
+the attention implementation of `lib.model.attention` (the attention probabilities' dropout). The
+last layer's attention at [CLS] (`lib.model.cls_only`) keeps SDPA's own dropout: one row of
+probabilities per head, too few values to matter.
 """
 
 from __future__ import annotations
