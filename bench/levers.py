@@ -74,11 +74,11 @@ from lib.finetune.losses import FocalLoss
 from lib.finetune.prepare import prepare_new
 from lib.data.mlm import IGNORE_INDEX, DynamicMasker, collate_mlm, masking_generator, pack_sequences
 from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
-from lib.model.attention import INTEGER_DROPOUT_ATTENTION, attention_implementation, training_attention
+from lib.model.attention import INTEGER_DROPOUT_ATTENTION
 from lib.model.mlm import MaskedPositions
 from lib.pretrain.trainer import MaskedLMObjective
 from lib.model.cls_only import classifier_logits, cls_only_forward
-from lib.model.dropout import dropout_modules
+from lib.model.step_kernels import TrainingKernels
 from bench.throughput import _Parser
 
 LEVERS = ("order", "grouping", "loss", "gradnorm", "dropout", "attention", "mlm-attention", "compile", "predict-precision",
@@ -192,13 +192,12 @@ def _train_seconds(bench: Bench, *, model: PreTrainedModel | None = None, batche
     objective = ClassifierObjective(loss_fn or FocalLoss(model.config.num_labels), precision or bench.args.precision,
                                     device)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    attention = training_attention(model, device) if step_kernels else None
+    kernels = TrainingKernels.choose(model, device) if step_kernels else TrainingKernels(None, False)
     started = 0.0
     for index, rows in enumerate(batches):
         if index == WARMUP_STEPS:
             started = time.perf_counter()
-        with attention_implementation(model, attention), dropout_modules(model, step_kernels), \
-                cls_only_forward(model) if cls_only else contextlib.nullcontext():
+        with kernels.step(model), cls_only_forward(model) if cls_only else contextlib.nullcontext():
             accumulate_window(model, [collate_fn(data, rows)], objective, WindowShare(len(rows), scaler))
         outcome = optimizer_step(parameters, optimizer, scaler, max_grad_norm)
         if after_step is not None:
@@ -377,9 +376,8 @@ def mlm_attention_lever(bench: Bench, max_length: int = 128) -> None:
     initial = BertForMaskedLM(bench.model.config).train()
     device = torch.device("cpu")
 
-    def seconds(implementation: str | None) -> float:
+    def seconds(kernels: TrainingKernels) -> float:
         model = copy.deepcopy(initial)
-        integer = implementation == INTEGER_DROPOUT_ATTENTION
         parameters = list(model.parameters())
         optimizer = torch.optim.AdamW(parameters, lr=1e-4, fused=True)
         objective, scaler = MaskedLMObjective(args.precision, device), torch.amp.GradScaler("cpu", enabled=False)
@@ -388,15 +386,16 @@ def mlm_attention_lever(bench: Bench, max_length: int = 128) -> None:
             if index == WARMUP_STEPS:
                 started = time.perf_counter()
             masked = int((batch["labels"] != IGNORE_INDEX).sum())
-            with attention_implementation(model, implementation), dropout_modules(model, integer):
+            with kernels.step(model):
                 accumulate_window(MaskedPositions(model), [batch], objective, WindowShare(masked, scaler))
             optimizer_step(parameters, optimizer, scaler, 1.0)
         return time.perf_counter() - started
 
     print(f"  {count - WARMUP_STEPS} timed steps of {args.batch_size} sequences of up to {max_length} tokens")
-    timed = _fastest({"pretraining, SDPA": lambda: seconds(None), "pretraining, eager": lambda: seconds("eager"),
+    timed = _fastest({"pretraining, SDPA": lambda: seconds(TrainingKernels(None, False)),
+                      "pretraining, eager": lambda: seconds(TrainingKernels("eager", False)),
                       "pretraining, eager, 16-bit integer dropout masks (ours)":
-                          lambda: seconds(INTEGER_DROPOUT_ATTENTION)}, args.repeats)
+                          lambda: seconds(TrainingKernels(INTEGER_DROPOUT_ATTENTION, True))}, args.repeats)
     _report(timed, (count - WARMUP_STEPS) * args.batch_size, "sequences")
 
 

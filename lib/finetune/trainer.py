@@ -51,9 +51,8 @@ from lib.loop.step import WindowShare, accumulate_window, optimizer_step
 from lib.loop.stop import StopRequest, TrainingInterrupted
 from lib.loop.work_folder import environment_record
 from lib.model.backbone import load_classifier
-from lib.model.attention import attention_implementation, training_attention
 from lib.model.cls_only import cls_only_forward, reads_only_cls
-from lib.model.dropout import dropout_modules, integer_dropout_applies
+from lib.model.step_kernels import TrainingKernels
 
 log = logging.getLogger(__name__)
 
@@ -181,13 +180,8 @@ class FineTuning:
         self.swa_start_step = (swa.start_epoch(cfg.swa_start, math.ceil(cfg.num_train_epochs)) * plan.steps_per_epoch
                                if cfg.swa_start is not None else None)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
-        self.train_attention = training_attention(s.model, s.device, cfg.compile)
-        if self.train_attention:
-            log.info("attention: %s in training steps on the CPU (measured faster), %s for evaluation",
-                     self.train_attention, s.model.config._attn_implementation)
-        self.integer_dropout = integer_dropout_applies(s.device, cfg.compile)
-        if self.integer_dropout:
-            log.info("dropout: masks from 16-bit random integers in training steps on the CPU (measured faster)")
+        self.kernels = TrainingKernels.choose(s.model, s.device, cfg.compile)
+        self.kernels.log_choice(s.model)
         if reads_only_cls(s.model):
             log.info("last layer: computed at [CLS] only, the one position the classifier reads")
         self.padding_efficiency = padding_efficiency(s.train_data.lengths, epoch_batches(cfg, s.train_data, 0, 1))
@@ -251,8 +245,7 @@ class FineTuning:
         share = WindowShare(samples, self.scaler, self.ctx.world_size)
         objective = self.adversarial if self.adversarial and loop.global_step >= self.adversarial_from \
             else self.objective
-        with attention_implementation(self.model, self.train_attention), \
-                dropout_modules(self.model, self.integer_dropout), cls_only_forward(self.model):
+        with self.kernels.step(self.model), cls_only_forward(self.model):
             self.pending_loss += accumulate_window(self.trained_model, [self._local_batch(rows) for rows in window],
                                                    objective, share)
         lr = set_learning_rate(self.optimizer, self._lr_multiplier())

@@ -41,9 +41,8 @@ from lib.loop.skeleton import run_loop
 from lib.loop.state import LoopPosition, load_state, rng_state, save_state, set_rng_state
 from lib.loop.step import WindowShare, accumulate_window, optimizer_step
 from lib.loop.stop import StopRequest, TrainingInterrupted
-from lib.model.attention import attention_implementation, training_attention
-from lib.model.dropout import dropout_modules, integer_dropout_applies
 from lib.model.mlm import MaskedPositions, masked_logits
+from lib.model.step_kernels import TrainingKernels
 from lib.pretrain import plan as planning
 from lib.pretrain.config import PretrainConfig
 from lib.pretrain.plan import PretrainPlan
@@ -188,13 +187,8 @@ class Pretraining:
         self.pending_loss = torch.zeros((), device=s.device)  # summed on the device; read when logging
         self.logger = MetricsLogger(s.work, resume_step=loop.global_step or None) if s.ctx.is_main else None
         self.log_file = attach_log_file(s.work / "pretrain.log") if s.ctx.is_main else None
-        self.train_attention = training_attention(self.model, s.device)
-        if self.train_attention:
-            log.info("attention: %s in training steps on the CPU (measured faster), %s for evaluation",
-                     self.train_attention, self.model.config._attn_implementation)
-        self.integer_dropout = integer_dropout_applies(s.device, compiled=False)
-        if self.integer_dropout:
-            log.info("dropout: masks from 16-bit random integers in training steps on the CPU (measured faster)")
+        self.kernels = TrainingKernels.choose(self.model, s.device)
+        self.kernels.log_choice(self.model)
         self.bar = None
         self._windows: tuple[int, list] | None = None
 
@@ -258,8 +252,7 @@ class Pretraining:
         masked = sum(int((batch["labels"] != IGNORE_INDEX).sum()) for batch in batches)
         tokens = sum(int(batch["attention_mask"].sum()) for batch in batches)
         share = WindowShare(max(1, masked), self.scaler, self.ctx.world_size)
-        with attention_implementation(self.model, self.train_attention), \
-                dropout_modules(self.model, self.integer_dropout):
+        with self.kernels.step(self.model):
             self.pending_loss += accumulate_window(self.trained_model, [self._local(batch) for batch in batches],
                                                    self.objective, share) * share.denominator
         lr = set_learning_rate(self.optimizer, lr_multiplier(cfg.lr_scheduler_type, loop.schedule_step,
