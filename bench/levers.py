@@ -192,7 +192,7 @@ def _train_seconds(bench: Bench, *, model: PreTrainedModel | None = None, batche
     objective = ClassifierObjective(loss_fn or FocalLoss(model.config.num_labels), precision or bench.args.precision,
                                     device)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    kernels = TrainingKernels.choose(model, device) if step_kernels else TrainingKernels(None, False)
+    kernels = TrainingKernels.choose(model, device) if step_kernels else TrainingKernels()
     started = 0.0
     for index, rows in enumerate(batches):
         if index == WARMUP_STEPS:
@@ -376,8 +376,9 @@ def mlm_attention_lever(bench: Bench, max_length: int = 128) -> None:
     initial = BertForMaskedLM(bench.model.config).train()
     device = torch.device("cpu")
 
-    def seconds(kernels: TrainingKernels) -> float:
+    def seconds(attention: str | None, integer_dropout: bool) -> float:
         model = copy.deepcopy(initial)
+        kernels = TrainingKernels.of(model, attention, integer_dropout)
         parameters = list(model.parameters())
         optimizer = torch.optim.AdamW(parameters, lr=1e-4, fused=True)
         objective, scaler = MaskedLMObjective(args.precision, device), torch.amp.GradScaler("cpu", enabled=False)
@@ -392,10 +393,10 @@ def mlm_attention_lever(bench: Bench, max_length: int = 128) -> None:
         return time.perf_counter() - started
 
     print(f"  {count - WARMUP_STEPS} timed steps of {args.batch_size} sequences of up to {max_length} tokens")
-    timed = _fastest({"pretraining, SDPA": lambda: seconds(TrainingKernels(None, False)),
-                      "pretraining, eager": lambda: seconds(TrainingKernels("eager", False)),
+    timed = _fastest({"pretraining, SDPA": lambda: seconds(None, False),
+                      "pretraining, eager": lambda: seconds("eager", False),
                       "pretraining, eager, 16-bit integer dropout masks (ours)":
-                          lambda: seconds(TrainingKernels(INTEGER_DROPOUT_ATTENTION, True))}, args.repeats)
+                          lambda: seconds(INTEGER_DROPOUT_ATTENTION, True)}, args.repeats)
     _report(timed, (count - WARMUP_STEPS) * args.batch_size, "sequences")
 
 

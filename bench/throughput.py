@@ -40,6 +40,14 @@ reads the same file with `lib.data.tables.read_table`, applies the same preproce
 memory is the peak resident set size of each side's own process (every run is a fresh `spawn`
 subprocess).
 
+The kernels part (the second speed issue, target 3) runs ours grouped and the Trainer grouped once
+more, each for one epoch. Steps 6-105 run under the torch profiler (KernelMeter: aten operators'
+self time over the steps' wall time); its cost per operator lands between operators, so it counts
+as host time and lowers both shares. The steps after it run without the profiler, and
+StepSections times each side's forward-and-backward call and its clip and optimizer step with
+perf_counter: exact on a CPU, where every kernel runs synchronously. The rest of each step is the
+loop's own work (batches, learning rate, bookkeeping, callbacks).
+
 --compile runs our loop twice on the work of 'ours grouped', eager and compiled, each with a cold
 inductor cache; dynamo's own timers give the compile seconds. The cache part times one run's set-up
 (from `train_new()` to its first step, the ~1% of an epoch it trains does not matter) with an empty
@@ -355,21 +363,86 @@ class KernelMeter:
         return self.kernel_seconds / self.wall_seconds
 
 
+class StepSections:
+    """Where steady steps' wall time goes, without a profiler: the forward and backward passes, the
+    clip and optimizer step, and the rest, which is the loop's own work (batches, learning rate,
+    bookkeeping, callbacks, logging). `timed` wraps the function of a part; on a CPU every kernel
+    runs synchronously, so perf_counter around it is exact and costs nothing per operator (the
+    profiler's cost per operator counts as host time in KernelMeter's share). Steps after the first
+    `skip` count, leaving out every interval that holds an evaluation."""
+
+    PARTS = ("forward and backward", "clip and optimizer step")
+
+    def __init__(self, skip: int) -> None:
+        self.skip, self.count, self.steps = skip, 0, 0
+        self.pending = dict.fromkeys(self.PARTS, 0.0)
+        self.totals = dict.fromkeys(self.PARTS, 0.0)
+        self.step_seconds = 0.0
+        self._last_end: float | None = None
+        self._evaluated = False
+
+    def timed(self, part: str, function: Callable) -> Callable:
+        def timed_part(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.add(part, time.perf_counter() - started)
+        return timed_part
+
+    def add(self, part: str, seconds: float) -> None:
+        self.pending[part] += seconds
+
+    def evaluated(self) -> None:
+        self._evaluated = True
+
+    def step_end(self) -> None:
+        now = time.perf_counter()
+        self.count += 1
+        if self._last_end is not None and self.count > self.skip and not self._evaluated:
+            for part in self.PARTS:
+                self.totals[part] += self.pending[part]
+            self.step_seconds += now - self._last_end
+            self.steps += 1
+        self.pending = dict.fromkeys(self.PARTS, 0.0)
+        self._last_end, self._evaluated = now, False
+
+    def shares(self) -> dict[str, float]:
+        """Milliseconds per step, and each part's share of the steps' wall time (the loop's: the rest)."""
+        if not self.steps:
+            raise RuntimeError(f"StepSections: the run ended before step {self.skip + 2}")
+        shares = {part: seconds / self.step_seconds for part, seconds in self.totals.items()}
+        return {"step_ms": 1e3 * self.step_seconds / self.steps, "steps": self.steps, **shares,
+                "the loop's own work": 1 - sum(shares.values())}
+
+
+def _step_probes(kernel_steps: int) -> tuple[KernelMeter | None, StepSections | None]:
+    """The kernel share over `kernel_steps` steps, then the sections over the steps after the profiler
+    (the step that stops it, which also sums its events, left out)."""
+    if not kernel_steps:
+        return None, None
+    return KernelMeter(KERNEL_SKIP, kernel_steps), StepSections(KERNEL_SKIP + kernel_steps + 1)
+
+
 class _OursClock(StopRequest):
     """Never stops or prunes; the loop asks after every step and after every evaluation."""
 
-    def __init__(self, meter: KernelMeter | None = None) -> None:
+    def __init__(self, meter: KernelMeter | None = None, sections: StepSections | None = None) -> None:
         super().__init__()
-        self.clock, self.meter = StepClock(), meter
+        self.clock, self.meter, self.sections = StepClock(), meter, sections
 
     def should_stop(self, global_step: int) -> bool:
         self.clock.step_end(global_step)
         if self.meter is not None:
             self.meter.step_end()
+        if self.sections is not None:
+            self.sections.step_end()
         return super().should_stop(global_step)
 
     def prune_after(self, step: int, epoch: float, metrics: dict[str, float]) -> bool:
         self.clock.evaluated()
+        if self.sections is not None:
+            self.sections.evaluated()
         return super().prune_after(step, epoch, metrics)
 
 
@@ -396,8 +469,12 @@ def ours_side(options: dict[str, Any], threads: int, *, steady: bool = True, val
     cfg = TrainConfig(**options)
     if cfg.compile:  # a cold inductor cache: what the first --compile run on a machine pays
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cfg.output_dir) / f"inductor-{os.getpid()}")
-    meter = KernelMeter(KERNEL_SKIP, kernel_steps) if kernel_steps else None
-    stop = _OursClock(meter) if target_loss is None else _UntilLoss(target_loss, meter)
+    meter, sections = _step_probes(kernel_steps)
+    if sections is not None:  # time the step's parts as the trainer calls them (this process only)
+        import lib.finetune.trainer as trainer_module
+        trainer_module.accumulate_window = sections.timed(StepSections.PARTS[0], trainer_module.accumulate_window)
+        trainer_module.optimizer_step = sections.timed(StepSections.PARTS[1], trainer_module.optimizer_step)
+    stop = _OursClock(meter, sections) if target_loss is None else _UntilLoss(target_loss, meter)
     started = time.perf_counter()
     run = train_new(cfg, overwrite=True, stop=stop)
     wall = time.perf_counter() - started
@@ -421,7 +498,7 @@ def ours_side(options: dict[str, Any], threads: int, *, steady: bool = True, val
         "plan": json.loads(run.plan.read_text(encoding="utf-8")),
     }
     if meter is not None:
-        measured["kernel_share"] = meter.share()
+        measured.update(kernel_share=meter.share(), sections=sections.shares())
     loaded = load_run(run.path, device="cpu")  # the kept model (best/), which holds the tokenizer too
     if steady:
         lengths = encode(loaded.tokenizer, loaded.preprocessor.transform(load_splits(cfg).train.texts),
@@ -477,9 +554,10 @@ class _PaddingCounter:
 class _TrainerClock(TrainerCallback):
     """The Trainer's epoch loops (its training steps; evaluation runs after on_epoch_end) and step ends."""
 
-    def __init__(self, collator: _PaddingCounter, meter: KernelMeter | None = None) -> None:
-        self.collator, self.clock, self.meter = collator, StepClock(), meter
-        self.seconds, self.begun, self.train_begin = 0.0, 0.0, 0.0
+    def __init__(self, collator: _PaddingCounter, meter: KernelMeter | None = None,
+                 sections: StepSections | None = None) -> None:
+        self.collator, self.clock, self.meter, self.sections = collator, StepClock(), meter, sections
+        self.seconds, self.begun, self.train_begin, self.optimizer_begun = 0.0, 0.0, 0.0, 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.train_begin = time.perf_counter()
@@ -487,10 +565,19 @@ class _TrainerClock(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.collator.counting, self.begun = True, time.perf_counter()
 
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.optimizer_begun = time.perf_counter()
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.sections is not None:
+            self.sections.add(StepSections.PARTS[1], time.perf_counter() - self.optimizer_begun)
+
     def on_step_end(self, args, state, control, **kwargs):
         self.clock.step_end(state.global_step)
         if self.meter is not None:
             self.meter.step_end()
+        if self.sections is not None:
+            self.sections.step_end()
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.collator.counting = False
@@ -498,6 +585,8 @@ class _TrainerClock(TrainerCallback):
 
     def on_evaluate(self, args, state, control, **kwargs):
         self.clock.evaluated()
+        if self.sections is not None:
+            self.sections.evaluated()
 
 
 def trainer_side(options: dict[str, Any], threads: int, val_csv: str | None, plan: dict, grouped: bool,
@@ -523,8 +612,8 @@ def trainer_side(options: dict[str, Any], threads: int, val_csv: str | None, pla
     train_rows, val_rows = dataset(train_texts, splits.train.labels), dataset(val_texts, splits.val.labels)
     model = load_classifier(cfg.model, splits.num_labels, splits.label_names, None)
     collator = _PaddingCounter(DataCollatorWithPadding(tokenizer))
-    meter = KernelMeter(KERNEL_SKIP, kernel_steps) if kernel_steps else None
-    timer = _TrainerClock(collator, meter)
+    meter, sections = _step_probes(kernel_steps)
+    timer = _TrainerClock(collator, meter, sections)
     args = TrainingArguments(
         output_dir=str(Path(cfg.output_dir) / f"trainer-{'grouped' if grouped else 'random'}"),
         per_device_train_batch_size=cfg.per_device_train_batch_size,
@@ -538,6 +627,9 @@ def trainer_side(options: dict[str, Any], threads: int, val_csv: str | None, pla
     trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
                       data_collator=collator, processing_class=tokenizer, callbacks=[timer])
     trainer.remove_callback(PrinterCallback)  # it prints every log dict on stdout
+    if sections is not None:  # the optimizer step is timed by the callbacks around it
+        trainer.training_step = sections.timed(StepSections.PARTS[0], trainer.training_step)
+        trainer._clip_grad_norm = sections.timed(StepSections.PARTS[1], trainer._clip_grad_norm)
     trainer.train()
     if trainer.state.max_steps != plan["total_steps"]:
         raise RuntimeError(f"Trainer made {trainer.state.max_steps} steps, ours {plan['total_steps']}")
@@ -559,7 +651,7 @@ def trainer_side(options: dict[str, Any], threads: int, val_csv: str | None, pla
         "threads": torch.get_num_threads(),
         "optimizer": getattr(args.optim, "value", args.optim),
         "transformers": transformers.__version__,
-        **({"kernel_share": meter.share()} if meter is not None else {}),
+        **({"kernel_share": meter.share(), "sections": sections.shares()} if meter is not None else {}),
     }
     if val_csv is not None:
         predict_rows = dataset(preprocessor.transform(_read_texts(cfg, val_csv)), None)
@@ -678,6 +770,14 @@ def kernels_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
                          ("host (Python, autograd engine)", lambda r: 1 - r["kernel_share"])):
         print(f"   {label:<34}{share(ours):>13.1%}{share(theirs):>17.1%}")
     print("   kernel time: the sum of aten operators' self CPU time over the steps' wall time (profiler on)")
+    mine, other = ours["sections"], theirs["sections"]
+    print(f"\n   where the time of {mine['steps']} and {other['steps']} steps after step {KERNEL_SKIP + steps + 1} "
+          "goes (profiler off, evaluations left out)")
+    print(f"   {'ms per step':<34}{mine['step_ms']:>13.2f}{other['step_ms']:>17.2f}")
+    for part in (*StepSections.PARTS, "the loop's own work"):
+        print(f"   {part:<34}{mine[part]:>13.1%}{other[part]:>17.1%}")
+    print("   perf_counter around each side's forward-and-backward call and its clip and optimizer step "
+          "(exact on a CPU);\n   the loop's own work is the rest: batches, learning rate, bookkeeping, callbacks")
 
 
 def compile_part(args: argparse.Namespace, base: dict[str, Any]) -> None:

@@ -1,11 +1,16 @@
 """On a CPU, training steps run our eager attention (integer-mask dropout) and everything else the model's SDPA."""
 
+import copy
+
 import pytest
 import torch
 
 from lib.finetune import trainer
 from lib.finetune.trainer import train_new
-from lib.model.attention import INTEGER_DROPOUT_ATTENTION, attention_implementation, training_attention
+from lib.model.attention import (INTEGER_DROPOUT_ATTENTION, attention_implementation, shares_one_config,
+                                 training_attention)
+from lib.model.dropout import plain_dropouts
+from lib.model.step_kernels import TrainingKernels
 from tests.conftest import tiny_config
 from tests.tiny_encoders import tiny_bert, tiny_classifier
 
@@ -24,23 +29,58 @@ def test_a_cpu_model_trains_with_our_eager_kernel_where_it_dispatches_through_th
     assert training_attention(tiny_classifier("deberta-v2"), torch.device("cpu")) is None  # eager, its own
 
 
+def test_a_model_that_cannot_switch_its_attention_keeps_its_own():
+    model = tiny_bert()
+    model._can_set_attn_implementation = lambda: False  # what transformers finds for older attention classes
+    assert training_attention(model, torch.device("cpu")) is None
+
+
+def test_a_classifier_switches_by_its_one_config_and_a_model_with_a_sub_config_does_not():
+    model = tiny_bert()
+    assert shares_one_config(model)
+    model.bert.config = copy.deepcopy(model.config)  # a sub-model reading a config of its own
+    assert not shares_one_config(model)
+
+
+def _calls_of(monkeypatch, model, name):
+    calls = []
+    original = getattr(model, name)
+    monkeypatch.setattr(model, name, lambda *args, **kwargs: calls.append(args) or original(*args, **kwargs))
+    return calls
+
+
+@pytest.mark.parametrize("one_config", [False, True])
 @pytest.mark.parametrize("implementation", ["eager", INTEGER_DROPOUT_ATTENTION])
-def test_eager_attention_computes_what_sdpa_does_and_the_model_gets_its_own_back(implementation):
+def test_eager_attention_computes_what_sdpa_does_and_the_model_gets_its_own_back(implementation, one_config,
+                                                                                  monkeypatch):
     model = tiny_bert(layers=2).eval()
+    walks = _calls_of(monkeypatch, model, "set_attn_implementation")
     ids = torch.randint(1, 50, (3, 9))
     mask = torch.ones_like(ids)
     mask[0, 5:] = 0
     mask[1, 2:] = 0
     with torch.no_grad():
         sdpa = model(input_ids=ids, attention_mask=mask).logits
-        with attention_implementation(model, implementation):
+        with attention_implementation(model, implementation, one_config):
             assert model.config._attn_implementation == implementation
             eager = model(input_ids=ids, attention_mask=mask).logits
     assert model.config._attn_implementation == "sdpa"
+    assert len(walks) == (0 if one_config else 2)  # the config field alone, or transformers' walk both ways
     torch.testing.assert_close(eager, sdpa, rtol=1e-5, atol=1e-6)
-    with pytest.raises(RuntimeError), attention_implementation(model, implementation):
+    with pytest.raises(RuntimeError), attention_implementation(model, implementation, one_config):
         raise RuntimeError("a failed step")
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_the_steps_kernels_are_looked_up_once_per_model():
+    model = tiny_bert(layers=2, dropout=0.2)
+    kernels = TrainingKernels.choose(model, torch.device("cpu"))
+    assert kernels == TrainingKernels(INTEGER_DROPOUT_ATTENTION, plain_dropouts(model), one_config=True)
+    assert len(kernels.dropouts) == 2 * 3 + 2  # 3 a layer (attention probabilities, its output, feed-forward),
+    # the embeddings' and the classifier's
+    assert TrainingKernels.choose(model, torch.device("cuda", 0)) == TrainingKernels(one_config=True)
+    compiled = TrainingKernels.choose(model, torch.device("cpu"), compiled=True)
+    assert (compiled.attention, compiled.dropouts) == ("eager", ())
 
 
 def test_our_kernel_drops_attention_probabilities_in_training_only():

@@ -6,7 +6,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from lib.model.attention import INTEGER_DROPOUT_ATTENTION, attention_implementation
-from lib.model.dropout import LEVELS, dropout_modules, integer_dropout
+from lib.model.dropout import LEVELS, integer_dropout, integer_dropout_forwards, plain_dropouts
 from tests.tiny_encoders import tiny_bert
 
 
@@ -89,11 +89,11 @@ def test_a_training_forward_under_the_switch_draws_no_bernoulli_sample_and_gets_
     mask = torch.ones_like(ids)
     mask[0, 6:] = 0
     assert "aten::bernoulli_" in _operators(model, ids, mask)
-    with attention_implementation(model, INTEGER_DROPOUT_ATTENTION), dropout_modules(model):
+    with attention_implementation(model, INTEGER_DROPOUT_ATTENTION), integer_dropout_forwards(plain_dropouts(model)):
         operators = _operators(model, ids, mask)
     assert "aten::bernoulli_" not in operators and "aten::random_" in operators
     assert "aten::bernoulli_" in _operators(model, ids, mask)
-    with pytest.raises(RuntimeError), dropout_modules(model):
+    with pytest.raises(RuntimeError), integer_dropout_forwards(plain_dropouts(model)):
         raise RuntimeError("a failed step")
     assert not any("forward" in vars(m) for m in model.modules() if isinstance(m, nn.Dropout))
 
@@ -102,7 +102,7 @@ def test_the_switch_draws_masks_in_training_and_none_in_eval():
     model = tiny_bert(layers=2, dropout=0.3)
     ids = torch.randint(1, 50, (4, 9))
     mask = torch.ones_like(ids)
-    with dropout_modules(model), torch.no_grad():
+    with integer_dropout_forwards(plain_dropouts(model)), torch.no_grad():
         reference = model.eval()(input_ids=ids, attention_mask=mask).logits
         assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, reference)
         model.train()
@@ -116,7 +116,7 @@ def test_the_switch_leaves_disabled_in_place_and_subclassed_dropouts_alone():
         pass
 
     model = nn.Sequential(nn.Dropout(0.5), nn.Dropout(0.5, inplace=True), Custom(0.5))
-    with dropout_modules(model):
+    assert plain_dropouts(model) == (model[0],)
+    with integer_dropout_forwards(plain_dropouts(model)):
         assert ["forward" in vars(m) for m in model] == [True, False, False]
-    with dropout_modules(model, enabled=False):
-        assert not any("forward" in vars(m) for m in model)
+    assert not any("forward" in vars(m) for m in model)

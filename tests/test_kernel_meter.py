@@ -1,11 +1,11 @@
-"""bench/throughput.py's kernel share: aten operators' time over the measured steps' wall time."""
+"""bench/throughput.py's kernel share (aten operators' time over the measured steps' wall time) and step sections."""
 
 import time
 
 import pytest
 import torch
 
-from bench.throughput import KernelMeter
+from bench.throughput import KernelMeter, StepSections
 
 
 def _steps(meter: KernelMeter, work, count: int) -> None:
@@ -39,3 +39,32 @@ def test_a_run_shorter_than_the_window_says_so():
     _steps(meter, lambda: None, 5)
     with pytest.raises(RuntimeError, match="ended before step 12"):
         meter.share()
+
+
+def test_step_sections_split_each_step_into_its_parts_and_the_loop():
+    sections = StepSections(skip=2)
+    forward = sections.timed("forward and backward", lambda: time.sleep(0.03))
+    optimizer = sections.timed("clip and optimizer step", lambda: time.sleep(0.01))
+    sections.step_end()  # the first step's end: intervals are measured from here
+    for step in range(6):
+        forward()
+        optimizer()
+        time.sleep(0.01)  # the loop's own work
+        if step == 3:  # an evaluation: its interval is left out
+            time.sleep(0.1)
+            sections.evaluated()
+        sections.step_end()
+    shares = sections.shares()
+    assert shares["steps"] == 4  # 6 intervals, less the skipped second step and the evaluated one
+    assert shares["step_ms"] == pytest.approx(50, rel=0.3)
+    assert shares["forward and backward"] == pytest.approx(0.6, abs=0.1)
+    assert shares["clip and optimizer step"] == pytest.approx(0.2, abs=0.1)
+    assert shares["the loop's own work"] == pytest.approx(0.2, abs=0.1)
+
+
+def test_step_sections_of_a_run_too_short_say_so():
+    sections = StepSections(skip=3)
+    for _ in range(3):
+        sections.step_end()
+    with pytest.raises(RuntimeError, match="ended before step 5"):
+        sections.shares()

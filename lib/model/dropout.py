@@ -10,7 +10,7 @@ independent across elements as before. One 64-bit draw per four elements took 22
 tensor (bench/levers.py `--levers dropout` for whole steps). The generator is torch's default one,
 so seeding and resuming are unchanged; only the stream of masks differs from torch's dropout.
 
-Training steps on a CPU run `dropout_modules` around the step (every `nn.Dropout` of the model) and
+Training steps on a CPU run `integer_dropout_forwards` around the step (every plain `nn.Dropout`) and
 the attention implementation of `lib.model.attention` (the attention probabilities' dropout). The
 last layer's attention at [CLS] (`lib.model.cls_only`) keeps SDPA's own dropout: one row of
 probabilities per head, too few values to matter.
@@ -59,13 +59,17 @@ def _module_forward(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
     return integer_dropout(x, module.p, module.training)
 
 
-@contextmanager
-def dropout_modules(model: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """While the block runs, every `nn.Dropout` of `model` draws its masks with `integer_dropout`.
+def plain_dropouts(model: nn.Module) -> tuple[nn.Dropout, ...]:
+    """The `nn.Dropout` modules of `model` that `integer_dropout_forwards` stands in for. In-place
+    dropouts and subclasses (which may mean something else by their forward) keep their own."""
+    return tuple(m for m in model.modules() if type(m) is nn.Dropout and not m.inplace)
 
-    In-place dropouts and subclasses (which may mean something else by their forward) keep theirs.
-    """
-    modules = [m for m in model.modules() if type(m) is nn.Dropout and not m.inplace] if enabled else []
+
+@contextmanager
+def integer_dropout_forwards(modules: tuple[nn.Dropout, ...]) -> Iterator[None]:
+    """While the block runs, these dropout modules draw their masks with `integer_dropout` (their
+    own forwards are back afterwards, also after an exception). Found once per run with
+    `plain_dropouts`: walking the model's modules at every step cost more than the swap."""
     for module in modules:
         module.forward = partial(_module_forward, module)
     try:

@@ -14,34 +14,43 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 
-from lib.model.attention import attention_implementation, training_attention
-from lib.model.dropout import dropout_modules, integer_dropout_applies
+from lib.model.attention import attention_implementation, shares_one_config, training_attention
+from lib.model.dropout import integer_dropout_applies, integer_dropout_forwards, plain_dropouts
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainingKernels:
-    attention: str | None  # the attention implementation of the steps; None: the model's own
-    integer_dropout: bool  # dropout masks from 16-bit integers (`lib.model.dropout`)
+    attention: str | None = None  # the attention implementation of the steps; None: the model's own
+    dropouts: tuple[nn.Dropout, ...] = ()  # the modules whose masks come from 16-bit integers (`lib.model.dropout`)
+    one_config: bool = False  # the model's attention switches by one config field (`shares_one_config`)
 
     @classmethod
     def choose(cls, model: PreTrainedModel, device: torch.device, compiled: bool = False) -> TrainingKernels:
         """What the steps of `model` on `device` (under torch.compile if `compiled`) switch to."""
-        return cls(training_attention(model, device, compiled), integer_dropout_applies(device, compiled))
+        return cls.of(model, training_attention(model, device, compiled), integer_dropout_applies(device, compiled))
+
+    @classmethod
+    def of(cls, model: PreTrainedModel, attention: str | None, integer_dropout: bool) -> TrainingKernels:
+        """`attention` and (if `integer_dropout`) our dropout for `model`'s steps; its modules are
+        looked up here, once, not at every step."""
+        return cls(attention, plain_dropouts(model) if integer_dropout else (), shares_one_config(model))
 
     def log_choice(self, model: PreTrainedModel) -> None:
         """Say in the run's log what the steps switch to (nothing when they keep the model's own)."""
         if self.attention:
             log.info("attention: %s in training steps on the CPU (measured faster), %s for evaluation",
                      self.attention, model.config._attn_implementation)
-        if self.integer_dropout:
+        if self.dropouts:
             log.info("dropout: masks from 16-bit random integers in training steps on the CPU (measured faster)")
 
     @contextmanager
     def step(self, model: PreTrainedModel) -> Iterator[None]:
-        """Run the block with these kernels, then give the model its own back (also after an exception)."""
-        with attention_implementation(model, self.attention), dropout_modules(model, self.integer_dropout):
+        """Run the block with these kernels on the model they were chosen for, then give it its own back
+        (also after an exception)."""
+        with attention_implementation(model, self.attention, self.one_config), integer_dropout_forwards(self.dropouts):
             yield
