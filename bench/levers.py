@@ -192,12 +192,12 @@ def _train_seconds(bench: Bench, *, model: PreTrainedModel | None = None, batche
     objective = ClassifierObjective(loss_fn or FocalLoss(model.config.num_labels), precision or bench.args.precision,
                                     device)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    kernels = TrainingKernels.choose(model, device) if step_kernels else TrainingKernels()
+    kernels = TrainingKernels.choose(model, device) if step_kernels else TrainingKernels(model)
     started = 0.0
     for index, rows in enumerate(batches):
         if index == WARMUP_STEPS:
             started = time.perf_counter()
-        with kernels.step(model), cls_only_forward(model) if cls_only else contextlib.nullcontext():
+        with kernels.step(), cls_only_forward(model) if cls_only else contextlib.nullcontext():
             accumulate_window(model, [collate_fn(data, rows)], objective, WindowShare(len(rows), scaler))
         outcome = optimizer_step(parameters, optimizer, scaler, max_grad_norm)
         if after_step is not None:
@@ -387,7 +387,7 @@ def mlm_attention_lever(bench: Bench, max_length: int = 128) -> None:
             if index == WARMUP_STEPS:
                 started = time.perf_counter()
             masked = int((batch["labels"] != IGNORE_INDEX).sum())
-            with kernels.step(model):
+            with kernels.step():
                 accumulate_window(MaskedPositions(model), [batch], objective, WindowShare(masked, scaler))
             optimizer_step(parameters, optimizer, scaler, 1.0)
         return time.perf_counter() - started

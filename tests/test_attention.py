@@ -75,10 +75,10 @@ def test_eager_attention_computes_what_sdpa_does_and_the_model_gets_its_own_back
 def test_the_steps_kernels_are_looked_up_once_per_model():
     model = tiny_bert(layers=2, dropout=0.2)
     kernels = TrainingKernels.choose(model, torch.device("cpu"))
-    assert kernels == TrainingKernels(INTEGER_DROPOUT_ATTENTION, plain_dropouts(model), one_config=True)
+    assert kernels == TrainingKernels(model, INTEGER_DROPOUT_ATTENTION, plain_dropouts(model), one_config=True)
     assert len(kernels.dropouts) == 2 * 3 + 2  # 3 a layer (attention probabilities, its output, feed-forward),
     # the embeddings' and the classifier's
-    assert TrainingKernels.choose(model, torch.device("cuda", 0)) == TrainingKernels(one_config=True)
+    assert TrainingKernels.choose(model, torch.device("cuda", 0)) == TrainingKernels(model, one_config=True)
     compiled = TrainingKernels.choose(model, torch.device("cpu"), compiled=True)
     assert (compiled.attention, compiled.dropouts) == ("eager", ())
 

@@ -181,7 +181,7 @@ class FineTuning:
                                if cfg.swa_start is not None else None)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.kernels = TrainingKernels.choose(s.model, s.device, cfg.compile)
-        self.kernels.log_choice(s.model)
+        self.kernels.log_choice()
         if reads_only_cls(s.model):
             log.info("last layer: computed at [CLS] only, the one position the classifier reads")
         self.padding_efficiency = padding_efficiency(s.train_data.lengths, epoch_batches(cfg, s.train_data, 0, 1))
@@ -245,7 +245,7 @@ class FineTuning:
         share = WindowShare(samples, self.scaler, self.ctx.world_size)
         objective = self.adversarial if self.adversarial and loop.global_step >= self.adversarial_from \
             else self.objective
-        with self.kernels.step(self.model), cls_only_forward(self.model):
+        with self.kernels.step(), cls_only_forward(self.model):
             self.pending_loss += accumulate_window(self.trained_model, [self._local_batch(rows) for rows in window],
                                                    objective, share)
         lr = set_learning_rate(self.optimizer, self._lr_multiplier())

@@ -1,7 +1,7 @@
 """The kernels a model's training steps switch to: on a CPU, our eager attention and integer dropout.
 
 Fine-tuning, pretraining and bench/levers.py choose once per run (`TrainingKernels.choose`) and run
-every step's forwards and backwards inside `step(model)`; evaluation, prediction and saving see the
+every step's forwards and backwards inside `step()`; evaluation, prediction and saving see the
 model as it is. The rules and their measurements are in `lib.model.attention` and
 `lib.model.dropout`.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainingKernels:
+    model: PreTrainedModel = field(repr=False)  # the model whose steps switch
     attention: str | None = None  # the attention implementation of the steps; None: the model's own
-    dropouts: tuple[nn.Dropout, ...] = ()  # the modules whose masks come from 16-bit integers (`lib.model.dropout`)
+    dropouts: tuple[nn.Dropout, ...] = field(default=(), repr=False)  # masks from 16-bit integers (`lib.model.dropout`)
     one_config: bool = False  # the model's attention switches by one config field (`shares_one_config`)
 
     @classmethod
@@ -38,19 +39,19 @@ class TrainingKernels:
     def of(cls, model: PreTrainedModel, attention: str | None, integer_dropout: bool) -> TrainingKernels:
         """`attention` and (if `integer_dropout`) our dropout for `model`'s steps; its modules are
         looked up here, once, not at every step."""
-        return cls(attention, plain_dropouts(model) if integer_dropout else (), shares_one_config(model))
+        return cls(model, attention, plain_dropouts(model) if integer_dropout else (), shares_one_config(model))
 
-    def log_choice(self, model: PreTrainedModel) -> None:
+    def log_choice(self) -> None:
         """Say in the run's log what the steps switch to (nothing when they keep the model's own)."""
         if self.attention:
             log.info("attention: %s in training steps on the CPU (measured faster), %s for evaluation",
-                     self.attention, model.config._attn_implementation)
+                     self.attention, self.model.config._attn_implementation)
         if self.dropouts:
             log.info("dropout: masks from 16-bit random integers in training steps on the CPU (measured faster)")
 
     @contextmanager
-    def step(self, model: PreTrainedModel) -> Iterator[None]:
-        """Run the block with these kernels on the model they were chosen for, then give it its own back
-        (also after an exception)."""
-        with attention_implementation(model, self.attention, self.one_config), integer_dropout_forwards(self.dropouts):
+    def step(self) -> Iterator[None]:
+        """Run the block with these kernels, then give the model its own back (also after an exception)."""
+        with attention_implementation(self.model, self.attention, self.one_config), \
+                integer_dropout_forwards(self.dropouts):
             yield

@@ -188,7 +188,7 @@ class Pretraining:
         self.logger = MetricsLogger(s.work, resume_step=loop.global_step or None) if s.ctx.is_main else None
         self.log_file = attach_log_file(s.work / "pretrain.log") if s.ctx.is_main else None
         self.kernels = TrainingKernels.choose(self.model, s.device)
-        self.kernels.log_choice(self.model)
+        self.kernels.log_choice()
         self.bar = None
         self._windows: tuple[int, list] | None = None
 
@@ -252,7 +252,7 @@ class Pretraining:
         masked = sum(int((batch["labels"] != IGNORE_INDEX).sum()) for batch in batches)
         tokens = sum(int(batch["attention_mask"].sum()) for batch in batches)
         share = WindowShare(max(1, masked), self.scaler, self.ctx.world_size)
-        with self.kernels.step(self.model):
+        with self.kernels.step():
             self.pending_loss += accumulate_window(self.trained_model, [self._local(batch) for batch in batches],
                                                    self.objective, share) * share.denominator
         lr = set_learning_rate(self.optimizer, lr_multiplier(cfg.lr_scheduler_type, loop.schedule_step,
