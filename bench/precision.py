@@ -40,7 +40,8 @@ WIDTHS = (8, 16, 24, 32, 48, 64)  # padded widths of NSMC-4 batches (most review
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.precision", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=list(SCRATCH_PRESETS), choices=list(SCRATCH_PRESETS))
+    parser.add_argument("--presets", nargs="+", default=["tiny", "mini", "small", "medium"],
+                        choices=list(SCRATCH_PRESETS))
     parser.add_argument("--steps", type=int, default=40, help="timed steps per precision and preset")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eval-batch-size", type=int, default=256)

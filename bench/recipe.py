@@ -74,7 +74,7 @@ from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Printer
 from transformers.utils import is_accelerate_available
 
 from bench.throughput import (_build_init_folder, _check_same_ids, _in_subprocess, _load_average, _PaddingCounter,
-                              _Parser, _peak_rss_mib, _preprocessed, _TrainerClock, _worker_setup, ours_side)
+                              _Parser, _peak_memory, _preprocessed, _TrainerClock, _worker_setup, ours_side)
 from lib.core.cache import DiskCache
 from lib.core.cli import run_cli
 from lib.core.errors import UserError
@@ -447,7 +447,7 @@ def trainer_side(options: dict[str, Any], threads: int, sampling: str) -> dict:
         "train_sps": sum(collator.rows) / max(clock.seconds, 1e-9), "steps": state.global_step,
         "epochs": round(float(state.epoch or 0.0), 4), "stopped_early": state.global_step < state.max_steps,
         "kept": "best", "best_step": getattr(state, "best_global_step", None), "max_length": max_length,
-        "train_rows": len(train_rows), "val_rows": len(val_rows), "peak_rss_mib": _peak_rss_mib(),
+        "train_rows": len(train_rows), "val_rows": len(val_rows), **_peak_memory(),
     }
 
 

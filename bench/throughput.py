@@ -9,6 +9,7 @@ of step time inside kernels, torch.compile, the tokenisation cache, padding effi
     python -m bench.throughput --parts cache            # set-up time with a cold and a warm tokenisation cache
     python -m bench.throughput --parts quality          # training seconds to the Trainer's validation loss
     python -m bench.throughput --repeats 2                  # as reported on issue 5
+    python -m bench.throughput --parts trainer --device cuda --preset base --precision fp16   # on a GPU
 
 Every configuration runs in its own fresh process; `--repeats N` runs them all N times, interleaved,
 and keeps the best of each measure. Each part prints the command that repeats it alone.
@@ -69,6 +70,15 @@ Threads. Each side runs with `--threads` torch threads (default 1). On a machine
 work, OpenMP threads that outnumber the free cores spin-wait on each other and a 2-thread run can be
 10x slower than a 1-thread one, which would swamp the comparison; pass `--threads 0` on an idle
 machine to use torch's default.
+
+On a GPU (`--device cuda` or cuda:N, or `auto` where one is visible) both sides train on that one
+GPU: CUDA_VISIBLE_DEVICES is narrowed to it for every side's process (the Trainer spreads over all
+it sees with DataParallel). `--precision fp16` adds a GradScaler on both sides (ours from
+`make_grad_scaler`, the Trainer's `fp16=True`), `--preset base` has BERT-base's shape, and the
+tables add each side's peak of GPU memory allocated. The Trainer's epoch clock synchronises the GPU
+at both ends; ours sums each step's host time (`result.json`), which on CUDA leaves out only the
+work still queued when the epoch's last step returns. CPU-s rows mean little there, and the
+kernels part runs on a CPU only.
 """
 
 from __future__ import annotations
@@ -101,6 +111,7 @@ from transformers import (AutoTokenizer, DataCollatorWithPadding, PreTrainedToke
 
 from lib.core.cache import DiskCache
 from lib.core.cli import run_cli
+from lib.core.device import DEVICE_FORMS, parse_device, resolve_precision
 from lib.core.distributed import Distributed
 from lib.core.errors import UserError
 from lib.data import batching
@@ -114,7 +125,8 @@ from lib.finetune.prepare import prepare_new
 from lib.finetune.splits import Splits, load_splits
 from lib.finetune.trainer import train_new
 from lib.loop.stop import StopRequest
-from lib.model.backbone import load_classifier, prepare_backbone
+from lib.model.backbone import SCRATCH_PRESETS, load_classifier, prepare_backbone
+from lib.search.launch import gpu_pool
 
 KERNEL_STEPS = 100  # steps the kernel share is measured over (fewer in a short run)
 KERNEL_SKIP = 5  # steps before the kernel share is measured: first-shape kernels and allocator warm-up
@@ -133,15 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ", ".join(PARTS))
     parser.add_argument("--quick", action="store_true",
                         help="smoke version: 2000 reviews, 3000 validation rows, 20000 rows for the cache part")
-    parser.add_argument("--preset", default="tiny", choices=("tiny", "mini"), help="scratch: model preset")
+    parser.add_argument("--preset", default="tiny", choices=tuple(SCRATCH_PRESETS), help="scratch: model preset")
     parser.add_argument("--train-file", default="data/train.csv")
     parser.add_argument("--train-samples", type=int, default=20000, help="training rows (stratified subset)")
     parser.add_argument("--val-size", type=float, default=0.1, help="validation fraction of --train-file")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eval-batch-size", type=int, default=256)
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--lr", type=float, default=1e-3, help="the scratch-model default of train.py")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="fp16: CUDA only")
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_FORMS}: both sides run there, on one GPU")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate; default: train.py's for the preset (tiny 1e-3, mini 3e-4, ...)")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--warmup-ratio", type=float, default=0.06)
     parser.add_argument("--max-tokens-per-batch", type=int, default=1024,
@@ -174,11 +188,15 @@ def main(argv: list[str]) -> int:
         raise UserError("--repeats and --epochs: expected whole numbers >= 1")
     if args.quality_epochs <= 0:
         raise UserError("--quality-epochs: expected a number above 0")
+    args.device_flag, args.device = args.device, _one_device(args.device)  # the flag as given, for re-runs
+    resolve_precision(args.precision, torch.device(args.device))  # fp16 off CUDA, bf16 on a GPU without it
+    if "kernels" in parts and args.device != "cpu":
+        raise UserError("--parts kernels: measures CPU kernels only; expected --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"command: python -m bench.throughput {shlex.join(argv)}".rstrip())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) per side, "
-          f"{multiprocessing.cpu_count()} CPU(s), load average {_load_average()}")
+          f"{multiprocessing.cpu_count()} CPU(s), load average {_load_average()}; device {_device_name(args.device)}")
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         _run_parts(args, parts, args.workdir)
@@ -186,6 +204,31 @@ def main(argv: list[str]) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-throughput-") as folder:
             _run_parts(args, parts, Path(folder))
     return 0
+
+
+def _one_device(requested: str) -> str:
+    """The device both sides train on. On CUDA, CUDA_VISIBLE_DEVICES is narrowed to the one GPU asked
+    for (cuda:N counts among the visible ones; cuda and auto take the first) before any side starts:
+    the Trainer wraps its model in DataParallel when it sees several, and ours would train on one."""
+    try:
+        parse_device(requested)
+    except ValueError:
+        raise UserError(f"--device: expected {DEVICE_FORMS}, got {requested!r}") from None
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return "cpu"
+    pool = gpu_pool(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
+    index = int(requested.partition(":")[2] or 0)
+    if index >= len(pool):
+        raise UserError(f"--device {requested}: {len(pool)} CUDA GPU(s) visible here; expected "
+                        + (f"cuda:0 to cuda:{len(pool) - 1}" if pool else "--device cpu"))
+    os.environ["CUDA_VISIBLE_DEVICES"] = pool[index]  # the sides are spawned processes: they see this one GPU
+    return "cuda"
+
+
+def _device_name(device: str) -> str:
+    if device == "cpu":
+        return "cpu"
+    return f"cuda ({torch.cuda.get_device_name(0)}, CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']})"
 
 
 def _run_parts(args: argparse.Namespace, parts: list[str], workdir: Path) -> None:
@@ -214,7 +257,7 @@ def _base_config(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "model": f"scratch:{args.preset}", "learning_rate": args.lr, "num_train_epochs": float(args.epochs),
         "per_device_train_batch_size": args.batch_size, "per_device_eval_batch_size": args.eval_batch_size,
         "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio, "lr_scheduler_type": "linear",
-        "max_grad_norm": 1.0, "gradient_accumulation_steps": 1, "precision": args.precision, "device": "cpu",
+        "max_grad_norm": 1.0, "gradient_accumulation_steps": 1, "precision": args.precision, "device": args.device,
         "seed": args.seed, "cache_dir": None, "output_dir": str(workdir / "runs"),
     }
 
@@ -231,7 +274,7 @@ def _preprocessed(cfg: TrainConfig) -> tuple[Splits, TextPreprocessor, list[str]
 def _plan(options: dict[str, Any]) -> dict:
     """plan.json of a run of `options` without training it: steps, warm-up and max length, known before
     either side of the quality part trains (ours trains to the Trainer's loss, the Trainer to our plan)."""
-    return prepare_new(TrainConfig(**options), Distributed(), torch.device("cpu")).plan.to_dict()
+    return prepare_new(TrainConfig(**options), Distributed(), torch.device(options["device"])).plan.to_dict()
 
 
 def _build_init_folder(base: dict[str, Any], folder: Path) -> Path:
@@ -286,8 +329,18 @@ def _worker_setup(threads: int) -> None:
     hf_logging.disable_progress_bar()
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _peak_memory() -> dict[str, float]:
+    """This side's peak resident set size, and on CUDA its peak of memory allocated on the GPU, in MiB."""
+    peaks = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux reports KiB
+    if torch.cuda.is_initialized():
+        peaks["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return peaks
+
+
+def _synchronize() -> None:
+    """Wait for the GPU's queued work before reading a clock (nothing to wait for on a CPU)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def _timed(run: Callable[[], Any]) -> tuple[float, float]:
@@ -500,14 +553,14 @@ def ours_side(options: dict[str, Any], threads: int, *, steady: bool = True, val
     }
     if meter is not None:
         measured.update(kernel_share=meter.share(), sections=sections.shares())
-    loaded = load_run(run.path, device="cpu")  # the kept model (best/), which holds the tokenizer too
+    loaded = load_run(run.path, device=cfg.device)  # the kept model (best/), which holds the tokenizer too
     if steady:
         lengths = encode(loaded.tokenizer, loaded.preprocessor.transform(load_splits(cfg).train.texts),
                          loaded.plan.max_length).lengths
         epochs = [training_batches(lengths, cfg.per_device_train_batch_size, cfg.seed, epoch, cfg.group_by_length,
                                    cfg.max_tokens_per_batch) for epoch in range(math.ceil(cfg.num_train_epochs))]
         measured["steady_sps"], measured["cpu_sps"] = clock.steady([len(rows) for batch in epochs for rows in batch])
-        multiple = batching.pad_multiple(torch.device("cpu"), measured["plan"]["precision"], cfg.compile)
+        multiple = batching.pad_multiple(torch.device(cfg.device), measured["plan"]["precision"], cfg.compile)
         measured["computed_efficiency"] = _computed_efficiency(lengths, epochs[0], multiple)
     if val_csv is not None:
         data = encode(loaded.tokenizer, loaded.preprocessor.transform(_read_texts(cfg, val_csv)),
@@ -521,7 +574,7 @@ def ours_side(options: dict[str, Any], threads: int, *, steady: bool = True, val
         measured.update({
             "predict_ids_sps": len(data) / predict_ids[0], "predict_ids_cpu_sps": len(data) / predict_ids[1],
             "predict_csv_sps": len(data) / predict_csv[0], "predict_csv_cpu_sps": len(data) / predict_csv[1]})
-    return {**measured, "peak_rss_mib": _peak_rss_mib()}
+    return {**measured, **_peak_memory()}
 
 
 def _read_texts(cfg: TrainConfig, path: str) -> list[str]:
@@ -564,6 +617,7 @@ class _TrainerClock(TrainerCallback):
         self.train_begin = time.perf_counter()
 
     def on_epoch_begin(self, args, state, control, **kwargs):
+        _synchronize()
         self.collator.counting, self.begun = True, time.perf_counter()
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -581,6 +635,7 @@ class _TrainerClock(TrainerCallback):
             self.sections.step_end()
 
     def on_epoch_end(self, args, state, control, **kwargs):
+        _synchronize()
         self.collator.counting = False
         self.seconds += time.perf_counter() - self.begun
 
@@ -622,7 +677,7 @@ def trainer_side(options: dict[str, Any], threads: int, val_csv: str | None, pla
         num_train_epochs=cfg.num_train_epochs, learning_rate=plan["learning_rate"], lr_scheduler_type="linear",
         warmup_steps=plan["warmup_steps"], weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
         adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_epsilon, max_grad_norm=cfg.max_grad_norm,
-        bf16=cfg.precision == "bf16", use_cpu=True, seed=cfg.seed, eval_strategy="epoch", save_strategy="no",
+        bf16=cfg.precision == "bf16", fp16=cfg.precision == "fp16", use_cpu=cfg.device == "cpu", seed=cfg.seed, eval_strategy="epoch", save_strategy="no",
         logging_steps=cfg.logging_steps, report_to="none", disable_tqdm=True,
         train_sampling_strategy="group_by_length" if grouped else "random")
     trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
@@ -663,7 +718,7 @@ def trainer_side(options: dict[str, Any], threads: int, val_csv: str | None, pla
         measured.update({
             "predict_ids_sps": rows / predict_ids[0], "predict_ids_cpu_sps": rows / predict_ids[1],
             "predict_csv_sps": rows / predict_csv[0], "predict_csv_cpu_sps": rows / predict_csv[1]})
-    return {**measured, "peak_rss_mib": _peak_rss_mib()}
+    return {**measured, **_peak_memory()}
 
 
 def _check_same_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str], rows: list[dict], max_length: int,
@@ -712,7 +767,7 @@ def trainer_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
     theirs = columns[1].result
     print(f"\n== ours vs transformers.Trainer {theirs['transformers']} ({theirs['optimizer']}): "
           f"scratch:{args.preset}, {args.train_samples} train / {sum(plan['val_class_counts'])} validation rows, "
-          f"{args.epochs} epoch(s), batch {args.batch_size}, eval batch {args.eval_batch_size}, {args.precision}, "
+          f"{args.epochs} epoch(s), batch {args.batch_size}, eval batch {args.eval_batch_size}, {args.precision} on {args.device}, "
           f"max length {plan['max_length']}, lr {plan['learning_rate']:g} linear, {plan['warmup_steps']} warm-up "
           f"steps, {ours['threads']} thread(s) per side, best of {args.repeats} run(s)")
     print(f"   re-run: {_rerun(args, 'trainer')}")
@@ -726,6 +781,7 @@ def trainer_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
         ("predict CSV samples/s, wall", "predict_csv_sps", "{:.0f}"),
         ("predict CSV samples/CPU-s", "predict_csv_cpu_sps", "{:.0f}"),
         ("peak RSS MiB", "peak_rss_mib", "{:.0f}"),
+        *([("peak CUDA MiB (allocated)", "peak_cuda_mib", "{:.0f}")] if args.device != "cpu" else []),
         ("padding eff. (real/longest row)", "padding_efficiency", "{:.3f}"),
         ("padding eff. as computed", "computed_efficiency", "{:.3f}"),
         ("final val loss", "val_loss", "{:.4f}"),
@@ -743,7 +799,8 @@ def trainer_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
              ("ours random / Trainer random (loop only)", 2, 1)]
     measures = [("train", "train_sps"), ("train CPU", "cpu_sps"), ("pred ids", "predict_ids_sps"),
                 ("ids CPU", "predict_ids_cpu_sps"), ("pred CSV", "predict_csv_sps"),
-                ("CSV CPU", "predict_csv_cpu_sps"), ("memory", "peak_rss_mib")]
+                ("CSV CPU", "predict_csv_cpu_sps"), ("memory", "peak_rss_mib"),
+                *([("GPU mem", "peak_cuda_mib")] if args.device != "cpu" else [])]
     print(f"\n   {'ratio ours / Trainer':<46}" + "".join(f"{name:>10}" for name, _ in measures))
     for label, a, b in pairs:
         x, y = columns[a].result, columns[b].result
@@ -801,6 +858,8 @@ def compile_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
         ("train samples/s, wall (steady)", eager["steady_sps"], compiled["steady_sps"]),
         ("train samples/CPU-s (steady)", eager["cpu_sps"], compiled["cpu_sps"]),
         ("peak RSS MiB", eager["peak_rss_mib"], compiled["peak_rss_mib"]),
+        *([("peak CUDA MiB (allocated)", eager["peak_cuda_mib"], compiled["peak_cuda_mib"])]
+          if args.device != "cpu" else []),
         ("final val loss", eager["val_loss"], compiled["val_loss"]),
     ]
     print(f"   {'':<42}{'eager':>10}{'compiled':>10}{'ratio':>8}")
@@ -869,7 +928,7 @@ def _print_quality(args: argparse.Namespace, results: dict[str, dict]) -> None:
     print(f"\n== time to quality: training seconds to the validation loss of Trainer grouped after {args.epochs} "
           f"epoch(s), {target:.4f}; ours (TrainConfig defaults) evaluate every ~0.1 epoch for at most "
           f"{args.quality_epochs:g} epochs; scratch:{args.preset}, {args.train_samples} train rows, batch "
-          f"{args.batch_size}, {args.precision}, {trainer['threads']} thread(s) per side, "
+          f"{args.batch_size}, {args.precision} on {args.device}, {trainer['threads']} thread(s) per side, "
           f"best of {args.repeats} run(s)")
     print(f"   re-run: {_rerun(args, 'quality')}")
     columns = [Column(title, {**r, "ratio": f"{seconds / r['train_seconds']:.2f}x" if r["val_loss"] <= target
@@ -894,8 +953,8 @@ def _rerun(args: argparse.Namespace, part: str) -> str:
     flags = ["--parts", part, "--train-file", args.train_file, "--preset", args.preset,
              "--train-samples", str(args.train_samples), "--val-size", str(args.val_size), "--epochs", str(args.epochs),
              "--batch-size", str(args.batch_size), "--eval-batch-size", str(args.eval_batch_size),
-             "--precision", args.precision, "--lr", str(args.lr), "--weight-decay", str(args.weight_decay),
-             "--warmup-ratio", str(args.warmup_ratio), "--threads", str(args.threads), "--seed", str(args.seed),
+             "--precision", args.precision, "--device", args.device_flag,
+             *(["--lr", str(args.lr)] if args.lr is not None else []), "--weight-decay", str(args.weight_decay), "--warmup-ratio", str(args.warmup_ratio), "--threads", str(args.threads), "--seed", str(args.seed),
              "--repeats", str(args.repeats)]
     if part in ("trainer", "quality"):
         flags += ["--max-tokens-per-batch", str(args.max_tokens_per_batch)]

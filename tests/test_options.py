@@ -287,7 +287,7 @@ def test_pretrain_runs_from_a_config_file(toy_data, tmp_path, capsys):
 
 @pytest.mark.parametrize("key, value, expected", [
     ("lr_scheduler_type", "cosinee", "cosine}"), ("precision", "fp64", "{auto, fp32, bf16, fp16}"),
-    ("preset", "huge", "{tiny, mini, small, medium}"), ("warmup_ratio", 1.5, "[0, 1)"),
+    ("preset", "huge", "{tiny, mini, small, medium, base}"), ("warmup_ratio", 1.5, "[0, 1)"),
     ("per_device_train_batch_size", 0, "a whole number >= 1"),
 ])
 def test_pretrain_refuses_bad_values_from_a_file_and_from_flags(texts, tmp_path, capsys, key, value, expected):

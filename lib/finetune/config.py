@@ -122,7 +122,7 @@ class TrainConfig:
 
     # model
     model: str = field(default="scratch:tiny", metadata=option(
-        "hub id, local folder, or scratch:tiny|mini|small|medium (a BERT built here, offline)", "model"))
+        "hub id, local folder, or scratch:tiny|mini|small|medium|base (a BERT built here, offline)", "model"))
     dropout_rate: float | None = field(default=None, metadata=option(
         "hidden and attention dropout; default: the model's own", "model", at_least=0, below=1))
     scratch_vocab_size: int = field(default=SCRATCH_VOCAB_SIZE, metadata=option(

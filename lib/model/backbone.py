@@ -47,11 +47,13 @@ class ScratchPreset:
 
 
 SCRATCH_PRESETS = {
-    # tiny and mini measured on NSMC-4 (mini stalls at the class prior with 1e-3); small and medium scaled down
+    # tiny and mini measured on NSMC-4 (mini stalls at the class prior with 1e-3); the larger ones scaled down.
+    # base has BERT-base's shape (klue/bert-base's too): what a GPU benchmark measures without a hub.
     "tiny": ScratchPreset(layers=2, hidden=128, heads=2, learning_rate=1e-3),
     "mini": ScratchPreset(layers=4, hidden=256, heads=4, learning_rate=3e-4),
     "small": ScratchPreset(layers=4, hidden=512, heads=8, learning_rate=2e-4),
     "medium": ScratchPreset(layers=8, hidden=512, heads=8, learning_rate=1e-4),
+    "base": ScratchPreset(layers=12, hidden=768, heads=12, learning_rate=5e-5),
 }
 # Peak learning rates when none is given. Weights that exist (a hub or local model) get the HF
 # Trainer's default; random weights get a preset's own for fine-tuning, and one rate for MLM pretraining.
