@@ -6,9 +6,10 @@
 #   bash scripts/gpu_check.sh install suite                 # there: the whole test suite
 #
 # Stages, in the order given:
-#   wheels      download cp312 x86-64 wheels of the pinned transformers, tokenizers, huggingface_hub,
-#               pandas and scikit-learn (the versions of .venv) into .whl/, for a machine without an
-#               index whose image holds other versions (torch stays the machine's own CUDA build)
+#   wheels      download cp312 x86-64 wheels of transformers, pandas and scikit-learn as pinned in
+#               requirements.txt (and .venv's regex, which transformers checks) into .whl/, for a machine without an index whose image holds other
+#               versions; torch stays the machine's own CUDA build, and tokenizers and huggingface_hub
+#               the image's, within transformers' ranges (hub 2.x would need packages the image lacks)
 #   install     install .whl/ into /tmp/site with --no-deps and put it first on PYTHONPATH
 #   env         the GPU, the driver and the packages the run uses
 #   cuda-tests  tests/test_cuda.py: fp16 with its GradScaler and bf16 training, a resume, GPU prediction
@@ -50,8 +51,8 @@ done
 for name in "$@"; do
   case $name in
     wheels)
-      pins=$(.venv/bin/python -c 'import importlib.metadata as m
-print(" ".join(f"{n}=={m.version(n)}" for n in ("transformers", "tokenizers", "huggingface_hub", "pandas", "scikit-learn")))')
+      pins="$(grep -E '^(transformers|pandas|scikit-learn)==' requirements.txt | tr '\n' ' ')"
+      pins+="regex==$(.venv/bin/python -c 'import regex; print(regex.__version__)')"  # transformers checks it at import
       stage wheels .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $pins ;;
@@ -60,9 +61,10 @@ print(" ".join(f"{n}=={m.version(n)}" for n in ("transformers", "tokenizers", "h
         --target /tmp/site .whl/*.whl
       export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} ;;
     env)
-      stage env bash -c "nvidia-smi; $python -c 'import torch, transformers, pandas, sklearn
+      stage env bash -c "nvidia-smi; $python -c 'import importlib.metadata as m, torch
 print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available())
-print(\"transformers\", transformers.__version__, \"pandas\", pandas.__version__, \"sklearn\", sklearn.__version__)
+print(*(n + \" \" + m.version(n) for n in (\"transformers\", \"tokenizers\", \"huggingface_hub\", \"safetensors\",
+      \"regex\", \"pandas\", \"numpy\", \"scikit-learn\", \"accelerate\")), sep=\", \")
 print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else \"no GPU\")'" ;;
     cuda-tests)  # skipped tests would pass: no GPU visible is a failure here
       stage cuda-tests bash -c "$python -c 'import torch; assert torch.cuda.is_available(), \"no CUDA GPU visible\"' \
