@@ -64,7 +64,9 @@ spans them), evaluates every tenth of an epoch (`eval_steps`) and stops at the f
 below the target (`_UntilLoss`, a `StopRequest.prune_after` hook); its time is `result.json`
 train_seconds up to that evaluation. Set-up and evaluations are excluded on both sides. Our batching
 and schedule may differ from the Trainer's; the loss must be reached, and a run that never reaches it
-says so instead of giving a ratio.
+says so instead of giving a ratio. Whether one seed reaches the Trainer's loss within the same
+schedule is close to a coin flip, so `--quality-seeds 11,13,15` runs the part once per seed (each its
+own initial model and data order) and counts how often each of ours reached the loss, and at 1.5x.
 
 Threads. Each side runs with `--threads` torch threads (default 1). On a machine shared with other
 work, OpenMP threads that outnumber the free cores spin-wait on each other and a 2-thread run can be
@@ -130,6 +132,7 @@ from lib.search.launch import gpu_pool
 
 KERNEL_STEPS = 100  # steps the kernel share is measured over (fewer in a short run)
 KERNEL_SKIP = 5  # steps before the kernel share is measured: first-shape kernels and allocator warm-up
+QUALITY_TARGET = 1.5  # the speed issue's time-to-quality target: Trainer seconds / ours
 LOSS_TOLERANCE = 0.03  # relative difference of final validation losses flagged as "not the same training"
 PARTS = ("trainer", "kernels", "compile", "cache", "quality")
 
@@ -166,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="epochs of the cache part's runs (only their set-up matters)")
     parser.add_argument("--quality-epochs", type=float, default=2.0,
                         help="most epochs of the quality part's runs of ours (they stop at the target loss)")
+    parser.add_argument("--quality-seeds", default=None,
+                        help="comma-separated seeds: the quality part once per seed, each with its own initial "
+                             "model, then how often each side reached the target (default: --seed alone)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per side; 0 = torch's default")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run every configuration this many times, interleaved, and keep the best of each measure")
@@ -188,6 +194,7 @@ def main(argv: list[str]) -> int:
         raise UserError("--repeats and --epochs: expected whole numbers >= 1")
     if args.quality_epochs <= 0:
         raise UserError("--quality-epochs: expected a number above 0")
+    args.quality_seeds = _seeds(args.quality_seeds) if args.quality_seeds is not None else [args.seed]
     args.device_flag, args.device = args.device, _one_device(args.device)  # the flag as given, for re-runs
     resolve_precision(args.precision, torch.device(args.device))  # fp16 off CUDA, bf16 on a GPU without it
     if "kernels" in parts and args.device != "cpu":
@@ -204,6 +211,16 @@ def main(argv: list[str]) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-throughput-") as folder:
             _run_parts(args, parts, Path(folder))
     return 0
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise UserError(f"--quality-seeds: expected comma-separated whole numbers, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--quality-seeds: each seed once, got {text!r}")
+    return seeds
 
 
 def _one_device(requested: str) -> str:
@@ -232,10 +249,7 @@ def _device_name(device: str) -> str:
 
 
 def _run_parts(args: argparse.Namespace, parts: list[str], workdir: Path) -> None:
-    started = time.perf_counter()
-    init = _build_init_folder(_base_config(args, workdir), workdir / "init")
-    print(f"initial model: {init} (scratch:{args.preset}, built in {time.perf_counter() - started:.1f} s)")
-    base = {**_base_config(args, workdir), "model": str(init)}
+    base = _initial_model(_base_config(args, workdir), workdir / "init")
     if "trainer" in parts:
         trainer_part(args, base)
     if "kernels" in parts:
@@ -245,7 +259,16 @@ def _run_parts(args: argparse.Namespace, parts: list[str], workdir: Path) -> Non
     if "cache" in parts:
         cache_part(args, base, workdir)
     if "quality" in parts:
-        quality_part(args, base)
+        quality_part(args, base, workdir)
+
+
+def _initial_model(options: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """`options` with the initial model of its preset and seed built into `folder` as its model."""
+    started = time.perf_counter()
+    init = _build_init_folder(options, folder)
+    print(f"initial model: {init} ({options['model']}, seed {options['seed']}, built in "
+          f"{time.perf_counter() - started:.1f} s)")
+    return {**options, "model": str(init)}
 
 
 # --- configuration and the shared starting point ---------------------------------------------------
@@ -677,8 +700,8 @@ def trainer_side(options: dict[str, Any], threads: int, val_csv: str | None, pla
         num_train_epochs=cfg.num_train_epochs, learning_rate=plan["learning_rate"], lr_scheduler_type="linear",
         warmup_steps=plan["warmup_steps"], weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_beta1,
         adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_epsilon, max_grad_norm=cfg.max_grad_norm,
-        bf16=cfg.precision == "bf16", fp16=cfg.precision == "fp16", use_cpu=cfg.device == "cpu", seed=cfg.seed, eval_strategy="epoch", save_strategy="no",
-        logging_steps=cfg.logging_steps, report_to="none", disable_tqdm=True,
+        bf16=cfg.precision == "bf16", fp16=cfg.precision == "fp16", use_cpu=cfg.device == "cpu", seed=cfg.seed,
+        eval_strategy="epoch", save_strategy="no", logging_steps=cfg.logging_steps, report_to="none", disable_tqdm=True,
         train_sampling_strategy="group_by_length" if grouped else "random")
     trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
                       data_collator=collator, processing_class=tokenizer, callbacks=[timer])
@@ -767,9 +790,9 @@ def trainer_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
     theirs = columns[1].result
     print(f"\n== ours vs transformers.Trainer {theirs['transformers']} ({theirs['optimizer']}): "
           f"scratch:{args.preset}, {args.train_samples} train / {sum(plan['val_class_counts'])} validation rows, "
-          f"{args.epochs} epoch(s), batch {args.batch_size}, eval batch {args.eval_batch_size}, {args.precision} on {args.device}, "
-          f"max length {plan['max_length']}, lr {plan['learning_rate']:g} linear, {plan['warmup_steps']} warm-up "
-          f"steps, {ours['threads']} thread(s) per side, best of {args.repeats} run(s)")
+          f"{args.epochs} epoch(s), batch {args.batch_size}, eval batch {args.eval_batch_size}, {args.precision} on "
+          f"{args.device}, max length {plan['max_length']}, lr {plan['learning_rate']:g} linear, "
+          f"{plan['warmup_steps']} warm-up steps, {ours['threads']} thread(s) per side, best of {args.repeats} run(s)")
     print(f"   re-run: {_rerun(args, 'trainer')}")
     _print_table(columns, [
         ("train samples/s, wall (all steps)", "train_sps", "{:.0f}"),
@@ -897,9 +920,23 @@ def cache_part(args: argparse.Namespace, base: dict[str, Any], workdir: Path) ->
     print("   saved = seconds each later run (sweep trial) with the same data, preprocessing and tokenizer skips")
 
 
-def quality_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
-    """Time to quality: our training seconds, default and with a token budget, until the validation loss
-    the Trainer grouped reaches after --epochs, against the Trainer's seconds for those epochs."""
+def quality_part(args: argparse.Namespace, base: dict[str, Any], workdir: Path) -> None:
+    """Time to quality, once per --quality-seeds seed (each its own initial model and data order), and
+    with several seeds how often each of ours reached the Trainer's loss, and at 1.5x or more."""
+    outcomes = {}
+    for seed in args.quality_seeds:
+        options = base if seed == args.seed else _initial_model({**_base_config(args, workdir), "seed": seed},
+                                                                 workdir / f"init-seed{seed}")
+        suffix = "" if len(args.quality_seeds) == 1 else f"-seed{seed}"
+        outcomes[seed] = _quality_round(args, options, suffix)
+        _print_quality(args, outcomes[seed], seed)
+    if len(outcomes) > 1:
+        _print_quality_summary(args, outcomes)
+
+
+def _quality_round(args: argparse.Namespace, base: dict[str, Any], suffix: str) -> dict[str, dict]:
+    """Our training seconds, default and with a token budget, until the validation loss the Trainer
+    grouped reaches after --epochs, against the Trainer's seconds for those epochs."""
     plan = _plan(base)  # the Trainer's steps, warm-up and max length
     budget = {**base, **_budget_options(args)}
     target: dict[str, float] = {}  # the Trainer runs first in every round; ours train to its first run's loss
@@ -916,23 +953,30 @@ def quality_part(args: argparse.Namespace, base: dict[str, Any]) -> None:
 
     results = _rounds(args.repeats, {
         "Trainer grouped": trainer_grouped,
-        "ours default": ours(base, "quality-default", plan["steps_per_epoch"]),
-        f"ours budget{args.max_tokens_per_batch}": ours(budget, "quality-budget", _plan(budget)["steps_per_epoch"]),
+        "ours default": ours(base, "quality-default" + suffix, plan["steps_per_epoch"]),
+        f"ours budget{args.max_tokens_per_batch}": ours(budget, "quality-budget" + suffix,
+                                                        _plan(budget)["steps_per_epoch"]),
     })
-    _print_quality(args, results)
+    for result in results.values():
+        result["ratio"] = _quality_ratio(results["Trainer grouped"], result)
+    return results
 
 
-def _print_quality(args: argparse.Namespace, results: dict[str, dict]) -> None:
+def _quality_ratio(trainer: dict, ours: dict) -> float | None:
+    """The Trainer's seconds over ours, or None when ours did not reach the Trainer's loss."""
+    return trainer["train_seconds"] / ours["train_seconds"] if ours["val_loss"] <= trainer["val_loss"] else None
+
+
+def _print_quality(args: argparse.Namespace, results: dict[str, dict], seed: int) -> None:
     trainer = results["Trainer grouped"]
-    target, seconds = trainer["val_loss"], trainer["train_seconds"]
-    print(f"\n== time to quality: training seconds to the validation loss of Trainer grouped after {args.epochs} "
-          f"epoch(s), {target:.4f}; ours (TrainConfig defaults) evaluate every ~0.1 epoch for at most "
+    target = trainer["val_loss"]
+    print(f"\n== time to quality (seed {seed}): training seconds to the validation loss of Trainer grouped after "
+          f"{args.epochs} epoch(s), {target:.4f}; ours (TrainConfig defaults) evaluate every ~0.1 epoch for at most "
           f"{args.quality_epochs:g} epochs; scratch:{args.preset}, {args.train_samples} train rows, batch "
           f"{args.batch_size}, {args.precision} on {args.device}, {trainer['threads']} thread(s) per side, "
           f"best of {args.repeats} run(s)")
-    print(f"   re-run: {_rerun(args, 'quality')}")
-    columns = [Column(title, {**r, "ratio": f"{seconds / r['train_seconds']:.2f}x" if r["val_loss"] <= target
-                              else "not reached"}) for title, r in results.items()]
+    print(f"   re-run: {_rerun(args, 'quality', seed)}")
+    columns = [Column(title, {**r, "ratio": _shown_ratio(r["ratio"])}) for title, r in results.items()]
     _print_table(columns, [
         ("val loss at the stop", "val_loss", "{:.4f}"),
         ("optimizer steps", "steps", "{:d}"),
@@ -945,17 +989,44 @@ def _print_quality(args: argparse.Namespace, results: dict[str, dict]) -> None:
             print(f"   {title}: not reached within {args.quality_epochs:g} epochs: best loss {r['best_val_loss']:.4f}")
     print(f"   budget column: --max-tokens-per-batch {args.max_tokens_per_batch} with --batch-size "
           f"{_budget_options(args)['per_device_train_batch_size']} as the row cap")
-    print("   target (speed issue): Trainer seconds / ours >= 1.5x; set-up and evaluations excluded on both sides")
+    print(f"   target (speed issue): Trainer seconds / ours >= {QUALITY_TARGET}x; set-up and evaluations excluded "
+          "on both sides")
 
 
-def _rerun(args: argparse.Namespace, part: str) -> str:
-    """The command that repeats one part, every setting of this invocation spelled out."""
+def _shown_ratio(ratio: float | None) -> str:
+    return "not reached" if ratio is None else f"{ratio:.2f}x"
+
+
+def _print_quality_summary(args: argparse.Namespace, outcomes: dict[int, dict[str, dict]]) -> None:
+    """Per seed, the Trainer's loss and each of ours' ratio; then how often each reached the loss at all
+    and at the target ratio: a loss one seed happens to reach says little, the counts say more."""
+    titles = [title for title in next(iter(outcomes.values())) if title != "Trainer grouped"]
+    print(f"\n== time to quality over {len(outcomes)} seeds: Trainer seconds / ours")
+    print(f"   re-run: {_rerun(args, 'quality')}")
+    print(f"   {'seed':<8}{'Trainer loss':>14}" + "".join(f"{title:>18}" for title in titles))
+    for seed, results in outcomes.items():
+        print(f"   {seed:<8}{results['Trainer grouped']['val_loss']:>14.4f}"
+              + "".join(f"{_shown_ratio(results[title]['ratio']):>18}" for title in titles))
+    for title in titles:
+        ratios = [results[title]["ratio"] for results in outcomes.values()]
+        reached = [ratio for ratio in ratios if ratio is not None]
+        print(f"   {title}: reached the loss in {len(reached)} of {len(ratios)} seeds, at {QUALITY_TARGET}x or more "
+              f"in {sum(ratio >= QUALITY_TARGET for ratio in reached)}"
+              + (f"; median where reached {float(np.median(reached)):.2f}x" if reached else ""))
+
+
+def _rerun(args: argparse.Namespace, part: str, seed: int | None = None) -> str:
+    """The command that repeats one part, every setting of this invocation spelled out (`seed`: one seed
+    of the quality part's, else the invocation's --seed and --quality-seeds)."""
     flags = ["--parts", part, "--train-file", args.train_file, "--preset", args.preset,
              "--train-samples", str(args.train_samples), "--val-size", str(args.val_size), "--epochs", str(args.epochs),
              "--batch-size", str(args.batch_size), "--eval-batch-size", str(args.eval_batch_size),
              "--precision", args.precision, "--device", args.device_flag,
-             *(["--lr", str(args.lr)] if args.lr is not None else []), "--weight-decay", str(args.weight_decay), "--warmup-ratio", str(args.warmup_ratio), "--threads", str(args.threads), "--seed", str(args.seed),
-             "--repeats", str(args.repeats)]
+             *(["--lr", str(args.lr)] if args.lr is not None else []), "--weight-decay", str(args.weight_decay),
+             "--warmup-ratio", str(args.warmup_ratio), "--threads", str(args.threads),
+             "--seed", str(args.seed if seed is None else seed), "--repeats", str(args.repeats)]
+    if part == "quality" and seed is None and args.quality_seeds != [args.seed]:
+        flags += ["--quality-seeds", ",".join(map(str, args.quality_seeds))]
     if part in ("trainer", "quality"):
         flags += ["--max-tokens-per-batch", str(args.max_tokens_per_batch)]
     if part == "quality":

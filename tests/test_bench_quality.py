@@ -47,3 +47,36 @@ def test_the_quality_part_trains_ours_to_the_trainers_loss_and_prints_the_ratio(
         assert json.loads((run / "result.json").read_text())["pruned"]
     ratios = re.search(r"Trainer seconds / ours +(\S+) +(\S+) +(\S+)", printed).groups()
     assert ratios[0] == "1.00x" and all(ratio.endswith("x") for ratio in ratios[1:])
+
+
+def _outcome(trainer_loss, trainer_seconds, *ours):
+    results = {"Trainer grouped": {"val_loss": trainer_loss, "train_seconds": trainer_seconds}}
+    for title, (loss, seconds) in zip(("ours default", "ours budget1024"), ours):
+        results[title] = {"val_loss": loss, "train_seconds": seconds}
+    for result in results.values():
+        result["ratio"] = throughput._quality_ratio(results["Trainer grouped"], result)
+    return results
+
+
+def test_over_several_seeds_the_summary_counts_reached_and_at_target(capsys):
+    args = throughput.build_parser().parse_args(["--quality-seeds", "11,13,15"])
+    args.quality_seeds, args.device_flag, args.device = [11, 13, 15], "auto", "cpu"
+    throughput._print_quality_summary(args, {
+        11: _outcome(1.01, 12.0, (1.00, 6.0), (1.02, 5.0)),   # 2.00x; not reached
+        13: _outcome(1.00, 12.0, (1.00, 10.0), (0.99, 7.0)),  # 1.20x (at the loss counts); 1.71x
+        15: _outcome(1.03, 12.0, (1.05, 9.0), (1.01, 8.0)),   # not reached; 1.50x
+    })
+    printed = capsys.readouterr().out
+    assert re.search(r"13 +1\.0000 +1\.20x +1\.71x", printed) and re.search(r"15 +1\.0300 +not reached +1\.50x", printed)
+    assert "ours default: reached the loss in 2 of 3 seeds, at 1.5x or more in 1; median where reached 1.60x" in printed
+    assert "ours budget1024: reached the loss in 2 of 3 seeds, at 1.5x or more in 2; median where reached 1.61x" in printed
+    assert "--quality-seeds 11,13,15" in printed
+
+
+@pytest.mark.parametrize("seeds, message", [("11,x", "expected comma-separated whole numbers, got '11,x'"),
+                                            ("3,3", "each seed once, got '3,3'")])
+def test_bad_quality_seeds_exit_2_before_any_work(seeds, message, tmp_path, capsys):
+    argv = ["--parts", "quality", "--quality-seeds", seeds, "--workdir", str(tmp_path / "work")]
+    assert run_cli(throughput.main, argv) == 2
+    assert capsys.readouterr().err.strip() == f"error: --quality-seeds: {message}"
+    assert not (tmp_path / "work").exists()
