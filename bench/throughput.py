@@ -277,7 +277,9 @@ def _base_config(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """TrainConfig options every run of the main comparison shares."""
     return {
         "train_file": args.train_file, "val_size": args.val_size, "max_train_samples": args.train_samples,
-        "model": f"scratch:{args.preset}", "learning_rate": args.lr, "num_train_epochs": float(args.epochs),
+        "model": f"scratch:{args.preset}", "num_train_epochs": float(args.epochs),
+        # the preset's rate: the runs load the initial model from a folder, which would get a pretrained one's
+        "learning_rate": args.lr if args.lr is not None else SCRATCH_PRESETS[args.preset].learning_rate,
         "per_device_train_batch_size": args.batch_size, "per_device_eval_batch_size": args.eval_batch_size,
         "weight_decay": args.weight_decay, "warmup_ratio": args.warmup_ratio, "lr_scheduler_type": "linear",
         "max_grad_norm": 1.0, "gradient_accumulation_steps": 1, "precision": args.precision, "device": args.device,

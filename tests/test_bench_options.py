@@ -1,4 +1,5 @@
-"""bench/throughput.py on a GPU: both sides on the one GPU asked for, and what it refuses before any work."""
+"""bench/throughput.py's options: both sides on the one GPU asked for, the preset's learning rate, and what
+it refuses before any work."""
 
 import pytest
 import torch
@@ -46,3 +47,12 @@ def test_the_kernels_part_is_refused_on_a_gpu(three_gpus, tmp_path, capsys):
     assert run_cli(throughput.main, ["--parts", "kernels", "--device", "cuda", "--workdir", str(tmp_path / "w")]) == 2
     assert "error: --parts kernels: measures CPU kernels only; expected --device cpu" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("preset, flags, rate", [("tiny", [], 1e-3), ("mini", [], 3e-4), ("base", [], 5e-5),
+                                                 ("mini", ["--lr", "1e-4"], 1e-4)])
+def test_the_runs_train_at_the_presets_rate_unless_lr_is_given(preset, flags, rate, tmp_path):
+    """The runs load the initial model from a folder, which alone would get a pretrained model's rate."""
+    args = throughput.build_parser().parse_args(["--preset", preset, *flags])
+    args.device = "cpu"
+    assert throughput._base_config(args, tmp_path)["learning_rate"] == rate
