@@ -33,6 +33,8 @@ first row (what the product does today). What each lever changes:
   fp32 only: the fast path does not run under autocast.
 - cls: the whole model against its last layer computed at [CLS] only (lib.model.cls_only), in
   training (our step runs it: the baseline of every other training lever) and in prediction.
+- fixed: what a step costs that does not grow with the batch: the same steps on batches cut to one
+  row of 4 tokens, whole and without the optimizer step (no profiler, whose own cost would count).
 
 Pinned memory and non-blocking copies only matter on CUDA and are not measured here.
 """
@@ -82,7 +84,7 @@ from lib.model.step_kernels import TrainingKernels
 from bench.throughput import _Parser
 
 LEVERS = ("order", "grouping", "loss", "gradnorm", "dropout", "attention", "mlm-attention", "compile", "predict-precision",
-          "predict-batching", "native-layer", "cls")
+          "predict-batching", "native-layer", "cls", "fixed")
 WARMUP_STEPS = 3  # steps before timing: first-shape kernels and allocator warm-up
 
 
@@ -180,9 +182,10 @@ def _train_seconds(bench: Bench, *, model: PreTrainedModel | None = None, batche
                    data: EncodedTexts | None = None, loss_fn: torch.nn.Module | None = None,
                    after_step: Callable[[torch.Tensor], None] | None = None, max_grad_norm: float = 1.0,
                    precision: str | None = None, collate_fn: Callable = collate, learning_rate: float = 1e-4,
-                   cls_only: bool = True, step_kernels: bool = True) -> float:
+                   cls_only: bool = True, step_kernels: bool = True, optimizer_steps: bool = True) -> float:
     """Seconds of our training step over `batches` after the first WARMUP_STEPS (collate included);
-    `step_kernels`: with the attention and dropout our CPU steps switch to (else the model's own)."""
+    `step_kernels`: with the attention and dropout our CPU steps switch to (else the model's own);
+    `optimizer_steps` False: forward and backward only, the gradients dropped after each."""
     model = model if model is not None else bench.fresh_model()
     data = data if data is not None else bench.train
     batches = batches if batches is not None else bench.batches
@@ -199,6 +202,9 @@ def _train_seconds(bench: Bench, *, model: PreTrainedModel | None = None, batche
             started = time.perf_counter()
         with kernels.step(), cls_only_forward(model) if cls_only else contextlib.nullcontext():
             accumulate_window(model, [collate_fn(data, rows)], objective, WindowShare(len(rows), scaler))
+        if not optimizer_steps:
+            optimizer.zero_grad(set_to_none=True)
+            continue
         outcome = optimizer_step(parameters, optimizer, scaler, max_grad_norm)
         if after_step is not None:
             after_step(outcome.grad_norm)
@@ -464,6 +470,28 @@ def cls_lever(bench: Bench) -> None:
                        "prediction, last layer at [CLS] only (ours)": classifier_logits})
 
 
+def fixed_lever(bench: Bench) -> None:
+    """A step's cost that does not grow with the batch: the same steps on each batch cut to its first
+    row and 4 tokens, where the kernels have almost nothing to compute. What is left is host work
+    (the loop, the model's Python, the autograd engine, the dispatcher) plus the small kernels' floor;
+    without optimizer steps, also without the optimizer's pass over every weight. No profiler runs."""
+    def cut(data: EncodedTexts, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        batch = collate(data, rows)
+        return {name: values[:1, :4] if values.dim() == 2 else values[:1] for name, values in batch.items()}
+
+    seconds = _fastest({
+        "whole steps, real batches (ours)": lambda: _train_seconds(bench),
+        "whole steps, batches of 1 row x 4 tokens": lambda: _train_seconds(bench, collate_fn=cut),
+        "forward and backward, real batches": lambda: _train_seconds(bench, optimizer_steps=False),
+        "forward and backward, 1 row x 4 tokens": lambda: _train_seconds(bench, collate_fn=cut,
+                                                                          optimizer_steps=False),
+    }, bench.args.repeats)
+    steps = len(bench.batches) - WARMUP_STEPS
+    real = seconds["whole steps, real batches (ours)"]
+    for name, value in seconds.items():
+        print(f"  {name:44} {1e3 * value / steps:8.2f} ms/step  {value / real:6.1%} of a real step")
+
+
 def _compare_forwards(bench: Bench, model: PreTrainedModel, precision: str, forwards: dict[str, Callable]) -> None:
     """Each forward's rate over the same length-sorted prediction batches, and its largest logit
     difference from the first forward's."""
@@ -546,7 +574,7 @@ MEASURES: dict[str, Callable[[Bench], None]] = {
     "dropout": dropout_lever, "attention": attention_lever, "mlm-attention": mlm_attention_lever,
     "compile": compile_lever,
     "predict-precision": predict_precision_lever, "predict-batching": predict_batching_lever,
-    "native-layer": native_layer_lever, "cls": cls_lever,
+    "native-layer": native_layer_lever, "cls": cls_lever, "fixed": fixed_lever,
 }
 
 if __name__ == "__main__":

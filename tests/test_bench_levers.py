@@ -1,5 +1,7 @@
 """bench/levers.py: each lever's alternative computes what it claims, and the whole script runs."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -49,7 +51,7 @@ def test_grouping_with_no_megabatch_is_the_plain_shuffled_order():
 def test_the_script_measures_its_levers_on_a_small_file(toy_data, capsys):
     argv = ["--quick", "--train-file", str(toy_data["train"]), "--val-size", "0.2", "--rows", "300",
             "--batch-size", "4", "--token-budgets", "512",
-            "--levers", "order,dropout,mlm-attention,predict-precision,predict-batching,native-layer,cls"]
+            "--levers", "order,dropout,mlm-attention,predict-precision,predict-batching,native-layer,cls,fixed"]
     assert run_cli(levers.main, argv) == 0
     printed = capsys.readouterr().out
     for line in ("shuffled batch order (ours)", "masks from rand_like >= p", "bf16 weights", "or 512 tokens",
@@ -57,6 +59,8 @@ def test_the_script_measures_its_levers_on_a_small_file(toy_data, capsys):
                  "pretraining, eager"):
         assert line in printed
     assert "argmax agrees with fp32 on 1.0000" in printed  # fp32 against itself
+    assert re.search(r"whole steps, real batches \(ours\) +[\d.]+ ms/step +100\.0% of a real step", printed)
+    assert "forward and backward, 1 row x 4 tokens" in printed
 
 
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")

@@ -32,8 +32,8 @@ def test_amp_training_on_cuda_learns_the_toy_task(toy_data, tmp_path, precision)
 
 def test_fp16_overflow_steps_leave_the_schedule_behind_and_a_resume_continues(toy_data, tmp_path):
     """fp16's scaler starts at 2**16 and halves at every step it skips for inf/NaN gradients (it grows
-    only after 2000 clean steps); a skipped step must not advance the schedule (the Trainer's rule), so
-    the schedule trails the optimizer by exactly the halvings. The interrupted run resumes on the GPU."""
+    only after 2000 clean steps); a skipped step must not advance the schedule (docs/design.md), so the
+    schedule trails the optimizer by exactly the halvings. The interrupted run resumes on the GPU."""
     cfg = tiny_config(toy_data, tmp_path, device="cuda", precision="fp16")
     with pytest.raises(TrainingInterrupted) as interrupted:
         train_new(cfg, stop=StopAtStep(12))
