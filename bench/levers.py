@@ -34,7 +34,8 @@ first row (what the product does today). What each lever changes:
 - cls: the whole model against its last layer computed at [CLS] only (lib.model.cls_only), in
   training (our step runs it: the baseline of every other training lever) and in prediction.
 - fixed: what a step costs that does not grow with the batch: the same steps on batches cut to one
-  row of 4 tokens, whole and without the optimizer step (no profiler, whose own cost would count).
+  row of 4 tokens, whole and without the optimizer step: host work plus the kernels sized by the
+  weights, an upper bound on the host work (no profiler, whose own cost would count).
 
 Pinned memory and non-blocking copies only matter on CUDA and are not measured here.
 """
@@ -472,9 +473,10 @@ def cls_lever(bench: Bench) -> None:
 
 def fixed_lever(bench: Bench) -> None:
     """A step's cost that does not grow with the batch: the same steps on each batch cut to its first
-    row and 4 tokens, where the kernels have almost nothing to compute. What is left is host work
-    (the loop, the model's Python, the autograd engine, the dispatcher) plus the small kernels' floor;
-    without optimizer steps, also without the optimizer's pass over every weight. No profiler runs."""
+    row and 4 tokens. What is left is host work (the loop, the model's Python, the autograd engine,
+    the dispatcher) and the kernels sized by the weights, not the batch: weight gradients written in
+    full, the embedding's dense gradient, autocast's weight casts, and in whole steps the clip and the
+    optimizer's pass over every weight. So it bounds the host work from above; no profiler runs."""
     def cut(data: EncodedTexts, rows: np.ndarray) -> dict[str, torch.Tensor]:
         batch = collate(data, rows)
         return {name: values[:1, :4] if values.dim() == 2 else values[:1] for name, values in batch.items()}
