@@ -113,7 +113,7 @@ from transformers import (AutoTokenizer, DataCollatorWithPadding, PreTrainedToke
 
 from lib.core.cache import DiskCache
 from lib.core.cli import run_cli
-from lib.core.device import DEVICE_FORMS, parse_device, resolve_precision
+from lib.core.device import DEVICE_FORMS, resolve_device, resolve_precision
 from lib.core.distributed import Distributed
 from lib.core.errors import UserError
 from lib.data import batching
@@ -227,14 +227,11 @@ def _one_device(requested: str) -> str:
     """The device both sides train on. On CUDA, CUDA_VISIBLE_DEVICES is narrowed to the one GPU asked
     for (cuda:N counts among the visible ones; cuda and auto take the first) before any side starts:
     the Trainer wraps its model in DataParallel when it sees several, and ours would train on one."""
-    try:
-        parse_device(requested)
-    except ValueError:
-        raise UserError(f"--device: expected {DEVICE_FORMS}, got {requested!r}") from None
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+    device = resolve_device(requested)  # the product's check of the flag and of CUDA being there
+    if device.type == "cpu":
         return "cpu"
     pool = gpu_pool(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
-    index = int(requested.partition(":")[2] or 0)
+    index = device.index or 0
     if index >= len(pool):
         raise UserError(f"--device {requested}: {len(pool)} CUDA GPU(s) visible here; expected "
                         + (f"cuda:0 to cuda:{len(pool) - 1}" if pool else "--device cpu"))
