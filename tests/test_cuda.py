@@ -10,6 +10,7 @@ import torch
 
 import predict
 from lib.core.cli import run_cli
+from lib.core.device import to_device
 from lib.finetune.trainer import resume, train_new
 from lib.loop.state import load_state
 from lib.loop.stop import TrainingInterrupted
@@ -55,3 +56,16 @@ def test_cuda_prediction_matches_the_cpu_logits(toy_data, tmp_path):
                                       "--device", device, "--quiet"]) == 0
         outputs[device] = np.load(logits)["logits"]
     np.testing.assert_allclose(outputs["cuda"], outputs["cpu"], atol=1e-4)
+
+
+def test_batches_bound_for_the_gpu_are_page_locked_before_the_copy(monkeypatch):
+    """A copy from pageable memory would wait for the GPU's queue; to_device pins the host tensor first."""
+    pinned = []
+    pin = torch.Tensor.pin_memory
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda tensor: pinned.append(tensor) or pin(tensor))
+    batch = torch.arange(32 * 24).reshape(32, 24)
+    on_gpu = to_device(batch, torch.device("cuda"))
+    assert len(pinned) == 1 and pinned[0] is batch
+    torch.testing.assert_close(on_gpu.cpu(), batch)
+    again = to_device(batch.pin_memory(), torch.device("cuda"))  # already page-locked: no second copy
+    assert len(pinned) == 2 and on_gpu.device.type == again.device.type == "cuda"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib.core.device import make_grad_scaler, resolve_precision
+from lib.core.device import make_grad_scaler, resolve_precision, to_device
 from lib.data.batching import collate
 from lib.finetune.losses import FocalLoss
 from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
@@ -89,3 +89,10 @@ def test_an_explicit_precision_is_kept_or_refused_on_cpu():
     from lib.core.errors import UserError
     with pytest.raises(UserError, match="--precision fp16"):
         resolve_precision("fp16", cpu)
+
+
+def test_a_batch_for_the_cpu_is_used_where_it_lies(monkeypatch):
+    """No page-locking (it needs a GPU) and no copy: the collated tensor itself goes into the model."""
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda tensor: pytest.fail("pinned a CPU batch"))
+    batch = collate(random_encoded(), np.arange(4))
+    assert to_device(batch["input_ids"], torch.device("cpu")) is batch["input_ids"]

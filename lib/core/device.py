@@ -96,5 +96,14 @@ def autocast(precision: str, device: torch.device) -> ContextManager:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` on `device` without holding the host back. A copy to a GPU from pageable memory first
+    waits for every kernel already queued on the stream, so a batch bound for CUDA is page-locked first
+    (a host copy of a few KiB) and then copied asynchronously; on a CPU it is `tensor` itself."""
+    if device.type == "cuda" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from lib.core.device import autocast
+from lib.core.device import autocast, to_device
 from lib.core.distributed import Distributed
 from lib.core.progress import progress_bar
 from lib.data.batching import EncodedTexts, collate, prediction_token_budget, sorted_batches
@@ -31,8 +31,8 @@ def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, 
         for rows in batches:
             batch = collate(data, rows)
             with autocast(precision, device):
-                out = classifier_logits(model, batch["input_ids"].to(device, non_blocking=True),
-                                        batch["attention_mask"].to(device, non_blocking=True))
+                out = classifier_logits(model, to_device(batch["input_ids"], device),
+                                        to_device(batch["attention_mask"], device))
             chunks.append((rows, out.float()))
             bar.update(len(rows))
     for rows, out in chunks:  # one host copy per batch, after the loop, keeps the GPU busy

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lib.core.device import autocast
+from lib.core.device import autocast, to_device
 from lib.loop.step import WindowShare
 
 
@@ -39,12 +39,12 @@ class RDropObjective:
         self.loss_fn, self.alpha, self.precision, self.device = loss_fn, alpha, precision, device
 
     def backward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], share: WindowShare) -> torch.Tensor:
-        input_ids = batch["input_ids"].to(self.device, non_blocking=True)
-        attention_mask = batch["attention_mask"].to(self.device, non_blocking=True)
+        input_ids = to_device(batch["input_ids"], self.device)
+        attention_mask = to_device(batch["attention_mask"], self.device)
         with autocast(self.precision, self.device):
             first = model(input_ids=input_ids, attention_mask=attention_mask).logits
             second = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        labels = batch["labels"].to(self.device, non_blocking=True)
+        labels = to_device(batch["labels"], self.device)
         per_sample = 0.5 * (self.loss_fn(first, labels) + self.loss_fn(second, labels))
         if self.alpha:
             per_sample = per_sample + self.alpha * symmetric_kl(first, second)

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from lib.core.device import autocast
+from lib.core.device import autocast, to_device
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,9 @@ class ClassifierObjective:
 
     def backward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], share: WindowShare) -> torch.Tensor:
         with autocast(self.precision, self.device):
-            logits = model(input_ids=batch["input_ids"].to(self.device, non_blocking=True),
-                           attention_mask=batch["attention_mask"].to(self.device, non_blocking=True)).logits
-        labels = batch["labels"].to(self.device, non_blocking=True)
+            logits = model(input_ids=to_device(batch["input_ids"], self.device),
+                           attention_mask=to_device(batch["attention_mask"], self.device)).logits
+        labels = to_device(batch["labels"], self.device)
         loss = self.loss_fn(logits, labels).sum() * batch.get("weight", 1.0)
         share.backward(loss)
         return loss.detach()

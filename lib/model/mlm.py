@@ -10,6 +10,7 @@ import torch
 from transformers import (AutoModel, AutoModelForMaskedLM, BertForMaskedLM, BertModel, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
+from lib.core.device import to_device
 from lib.core.errors import UserError
 from lib.data.mlm import IGNORE_INDEX
 from lib.model.backbone import ScratchPreset, scratch_config
@@ -66,10 +67,10 @@ def masked_logits(model: PreTrainedModel, batch: dict[str, torch.Tensor],
     `lm_head` module (BERT, RoBERTa families) take the full forward. Positions are found on the CPU
     labels, so a GPU never waits for a host sync here.
     """
-    flat = torch.nonzero(batch["labels"].flatten() != IGNORE_INDEX).squeeze(1).to(device, non_blocking=True)
-    labels = batch["labels"].flatten().to(device, non_blocking=True).index_select(0, flat)
-    inputs = {"input_ids": batch["input_ids"].to(device, non_blocking=True),
-              "attention_mask": batch["attention_mask"].to(device, non_blocking=True)}
+    flat = to_device(torch.nonzero(batch["labels"].flatten() != IGNORE_INDEX).squeeze(1), device)
+    labels = to_device(batch["labels"].flatten(), device).index_select(0, flat)
+    inputs = {"input_ids": to_device(batch["input_ids"], device),
+              "attention_mask": to_device(batch["attention_mask"], device)}
     head = _prediction_head(model)
     if head is None:
         return model(**inputs).logits.flatten(0, 1).index_select(0, flat), labels
