@@ -97,9 +97,10 @@ def autocast(precision: str, device: torch.device) -> ContextManager:
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """`tensor` on `device` without holding the host back. A copy to a GPU from pageable memory first
-    waits for every kernel already queued on the stream, so a batch bound for CUDA is page-locked first
-    (a host copy of a few KiB) and then copied asynchronously; on a CPU it is `tensor` itself."""
+    """`tensor` on `device` without holding the host back. For a copy from pageable memory the CUDA
+    driver stages the data itself and may first wait for the kernels already queued on the stream, so a
+    batch bound for CUDA is page-locked here (a host copy of a few KiB) and then copied asynchronously;
+    on a CPU it is `tensor` itself."""
     if device.type == "cuda" and not tensor.is_pinned():
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
