@@ -69,3 +69,19 @@ def test_a_restored_average_continues_exactly(tmp_path):
         resumed.after_step(_model(value), step)
     for a, b in zip(straight.averaged().parameters(), resumed.averaged().parameters()):
         assert torch.equal(a, b)
+
+
+def test_float_buffers_are_averaged_and_integer_buffers_copied():
+    """The multi-tensor update covers parameters and float buffers; ids and counters are taken as they are."""
+    layer = _model(0.0)
+    layer.register_buffer("scale", torch.zeros(1))
+    layer.register_buffer("position_ids", torch.zeros(3, dtype=torch.long))
+    ema = EMA(0.5, warmup=False)
+    for value in (0.0, 4.0):
+        layer.weight.data.fill_(value)
+        layer.scale.fill_(value)
+        layer.position_ids.fill_(int(value))
+        ema.after_step(layer, 1)
+    torch.testing.assert_close(ema.averaged().weight, torch.full((1, 2), 2.0))  # 0.5 * 0 + 0.5 * 4
+    torch.testing.assert_close(ema.averaged().scale, torch.full((1,), 2.0))
+    assert ema.averaged().position_ids.tolist() == [4, 4, 4]
