@@ -1,5 +1,6 @@
-"""The CUDA paths for real: AMP training in fp16 (with its GradScaler) and bf16, and prediction on the
-GPU against the CPU's. Skipped without a GPU; scripts/gpu_check.sh runs them where one is lent."""
+"""The CUDA paths for real: AMP training in fp16 (with its GradScaler) and bf16, prediction on the
+GPU against the CPU's, and page-locked batch copies. Skipped without a GPU; scripts/gpu_check.sh
+runs them where one is lent."""
 
 import json
 import math
