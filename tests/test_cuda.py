@@ -70,3 +70,4 @@ def test_batches_bound_for_the_gpu_are_page_locked_before_the_copy(monkeypatch):
     torch.testing.assert_close(on_gpu.cpu(), batch)
     again = to_device(batch.pin_memory(), torch.device("cuda"))  # already page-locked: no second copy
     assert len(pinned) == 2 and on_gpu.device.type == again.device.type == "cuda"
+    assert to_device(on_gpu, torch.device("cuda")) is on_gpu and len(pinned) == 2  # on the GPU already

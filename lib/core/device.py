@@ -101,7 +101,7 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     driver stages the data itself and may first wait for the kernels already queued on the stream, so a
     batch bound for CUDA is page-locked here (a host copy of a few KiB) and then copied asynchronously;
     on a CPU it is `tensor` itself."""
-    if device.type == "cuda" and not tensor.is_pinned():
+    if device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
 
