@@ -72,7 +72,7 @@ def test_a_restored_average_continues_exactly(tmp_path):
 
 
 def test_float_buffers_are_averaged_and_integer_buffers_copied():
-    """The multi-tensor update covers parameters and float buffers; ids and counters are taken as they are."""
+    """The average covers parameters and float buffers; ids and counters are taken as they are."""
     layer = _model(0.0)
     layer.register_buffer("scale", torch.zeros(1))
     layer.register_buffer("position_ids", torch.zeros(3, dtype=torch.long))
