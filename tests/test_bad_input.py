@@ -127,6 +127,12 @@ def test_resume_refuses_corrupt_and_foreign_checkpoints(tmp_path, capsys, toy_da
     (folder / "last" / "training_state.pt").write_bytes(b"not a checkpoint")
     code, err = _run(["--resume", str(folder)], capsys)
     assert code == 2 and "training_state.pt" in err[-1] and "not a readable" in err[-1]
+    import torch
+
+    from lib.loop.state import STATE_FORMAT, STATE_VERSION
+    torch.save({"format": STATE_FORMAT, "version": STATE_VERSION - 1}, folder / "last" / "training_state.pt")
+    code, err = _run(["--resume", str(folder)], capsys)
+    assert code == 2 and f"state version {STATE_VERSION - 1}, expected {STATE_VERSION}" in err[-1]
     shutil.rmtree(folder)
     code, err = _run(["--resume", str(tmp_path / "runs" / "missing")], capsys)
     assert code == 2 and "no run folder" in err[-1]

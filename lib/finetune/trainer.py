@@ -67,7 +67,6 @@ class LoopState(LoopPosition):
     pruned: bool = False
     loss_since_log: float = 0.0
     windows_since_log: int = 0
-    last_eval_step: int = -1
     eval_seconds: float = 0.0
     eval_rows: int = 0
     selected_step: int | None = None  # the evaluation best/ holds
@@ -289,7 +288,6 @@ class FineTuning:
         loop.stop_training = self.early_stopping.update(metrics["loss"])
         if self.ctx.any(self.ctx.is_main and self.stop.prune_after(loop.global_step, epoch, metrics)):
             loop.stop_training = loop.pruned = True
-        loop.last_eval_step = loop.global_step
         log.info("step %d (epoch %.2f): val loss %.4f  nll %.4f  accuracy %.4f  macro_f1 %.4f%s%s",
                  loop.global_step, epoch, metrics["loss"], metrics["nll"], metrics["accuracy"], metrics["macro_f1"],
                  f"  [selected: step {chosen['step']}]" if selected_now else "",

@@ -15,7 +15,7 @@ import torch
 from lib.core.errors import UserError
 
 STATE_FORMAT = "textclf-training-state"
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: the loop state no longer carries last_eval_step
 
 
 @dataclass

@@ -70,7 +70,6 @@ class LoopState(LoopPosition):
     masked_since_log: int = 0
     tokens_since_log: int = 0
     seconds_since_log: float = 0.0
-    last_eval_step: int = -1
     initial_eval: dict = field(default_factory=dict)
     last_eval: dict = field(default_factory=dict)
 
@@ -276,7 +275,7 @@ class Pretraining:
         started = time.perf_counter()
         metrics = self._held_out_metrics()
         self.eval_seconds = time.perf_counter() - started
-        loop.last_eval_step, loop.last_eval = loop.global_step, metrics
+        loop.last_eval = metrics
         if loop.global_step == 0:
             loop.initial_eval = metrics
         if self.logger is not None:
