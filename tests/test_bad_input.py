@@ -1,14 +1,17 @@
 """Each bad input: one line on stderr naming the file/column/flag, exit status 2, no run folder left."""
 
 import csv
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import train
 from lib.core.cli import run_cli
-from tests.conftest import write_reviews
+from lib.loop.state import STATE_FORMAT, STATE_VERSION
+from tests.conftest import tiny_config, write_reviews
 
 FAST = ["--model", "scratch:tiny", "--scratch-vocab-size", "200", "--epochs", "1", "--quiet", "--no-cache"]
 
@@ -119,17 +122,11 @@ def test_resume_refuses_corrupt_and_foreign_checkpoints(tmp_path, capsys, toy_da
     (folder / "last").mkdir(parents=True)
     code, err = _run(["--resume", str(folder)], capsys)
     assert code == 2 and "config.json" in err[-1]
-    import shutil
-
-    from tests.conftest import tiny_config
     tiny_config(toy_data, tmp_path).save(folder / "config.json")
     (folder / "plan.json").write_text("{}")
     (folder / "last" / "training_state.pt").write_bytes(b"not a checkpoint")
     code, err = _run(["--resume", str(folder)], capsys)
     assert code == 2 and "training_state.pt" in err[-1] and "not a readable" in err[-1]
-    import torch
-
-    from lib.loop.state import STATE_FORMAT, STATE_VERSION
     torch.save({"format": STATE_FORMAT, "version": STATE_VERSION - 1}, folder / "last" / "training_state.pt")
     code, err = _run(["--resume", str(folder)], capsys)
     assert code == 2 and f"state version {STATE_VERSION - 1}, expected {STATE_VERSION}" in err[-1]
