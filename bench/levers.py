@@ -26,6 +26,9 @@ first row (what the product does today). What each lever changes:
   eager kernel with 16-bit integer dropout masks.
 - compile: eager at exact widths against `torch.compile(dynamic=False)` on widths rounded up to a
   few buckets (16, 32, 64, 128, ...): compile seconds apart, steady time after every bucket compiled.
+- predict-compile: eager prediction against predict.py --compile (lib.model.compiled: torch.compile,
+  dynamic shapes, frozen weights) over the training rows: the compile seconds (cold inductor cache),
+  steady rows/s, the rows from which compiling pays, and how far the logits move.
 - predict-precision: fp32, bf16 autocast, bf16 weights; rows/s and how often the argmax agrees.
 - predict-batching: 256 rows per batch against batches also closed at a token budget.
 - native-layer: prediction with each BERT layer as PyTorch's `nn.TransformerEncoderLayer` (the same
@@ -81,11 +84,12 @@ from lib.model.attention import INTEGER_DROPOUT_ATTENTION
 from lib.model.mlm import MaskedPositions
 from lib.pretrain.trainer import MaskedLMObjective
 from lib.model.cls_only import classifier_logits, cls_only_forward
+from lib.model.compiled import frozen_classifier
 from lib.model.step_kernels import TrainingKernels
 from bench.throughput import _Parser
 
-LEVERS = ("order", "grouping", "loss", "gradnorm", "dropout", "attention", "mlm-attention", "compile", "predict-precision",
-          "predict-batching", "native-layer", "cls", "fixed")
+LEVERS = ("order", "grouping", "loss", "gradnorm", "dropout", "attention", "mlm-attention", "compile", "predict-compile",
+          "predict-precision", "predict-batching", "native-layer", "cls", "fixed")
 WARMUP_STEPS = 3  # steps before timing: first-shape kernels and allocator warm-up
 
 
@@ -511,6 +515,38 @@ def _compare_forwards(bench: Bench, model: PreTrainedModel, precision: str, forw
                                               for name in list(forwards)[1:]})
 
 
+def predict_compile_lever(bench: Bench) -> None:
+    """Eager prediction (ours) against `lib.model.compiled` (predict.py --compile) over the training rows,
+    a file large enough for the compile to show: the first compiled pass, with a cold inductor cache,
+    holds the compiling; the steady passes after it are timed with the eager ones, interleaved."""
+    model, data, precision = bench.fresh_model().eval(), bench.train, bench.args.precision
+    batches = sorted_batches(data.lengths, bench.args.eval_batch_size,
+                             batching.prediction_token_budget(torch.device("cpu")))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="levers-inductor-")  # cold: the first run's cost
+    frozen = frozen_classifier(model)
+    compiled = lambda _, input_ids, attention_mask: frozen(input_ids, attention_mask)
+    started = time.perf_counter()
+    _predict_batches(model, data, batches, precision, compiled)
+    first_pass = time.perf_counter() - started
+    logits: dict[str, np.ndarray] = {}
+
+    def timed(name: str, forward: Callable) -> float:
+        started = time.perf_counter()
+        logits[name] = _predict_batches(model, data, batches, precision, forward)
+        return time.perf_counter() - started
+
+    eager_name, compiled_name = "eager (ours)", "compiled, frozen weights (--compile)"
+    seconds = _fastest({eager_name: lambda: timed(eager_name, classifier_logits),
+                        compiled_name: lambda: timed(compiled_name, compiled)}, bench.args.repeats)
+    compile_seconds = first_pass - seconds[compiled_name]
+    saved_per_row = (seconds[eager_name] - seconds[compiled_name]) / len(data)
+    pays_from = f"pays from about {compile_seconds / saved_per_row:,.0f} rows" if saved_per_row > 0 else "never pays"
+    agree = np.mean(logits[compiled_name].argmax(1) == logits[eager_name].argmax(1))
+    _report(seconds, len(data), "rows", {compiled_name: (
+        f"after {compile_seconds:.0f} s compiling ({first_pass:.0f} s first pass), {pays_from}; argmax agrees on "
+        f"{agree:.4f} of rows, max |logit diff| {np.abs(logits[compiled_name] - logits[eager_name]).max():.2g}")})
+
+
 def predict_batching_lever(bench: Bench) -> None:
     model = bench.fresh_model().eval()
     lengths = bench.val.lengths
@@ -574,7 +610,7 @@ def native_layer_lever(bench: Bench) -> None:
 MEASURES: dict[str, Callable[[Bench], None]] = {
     "order": order_lever, "grouping": grouping_lever, "loss": loss_lever, "gradnorm": gradnorm_lever,
     "dropout": dropout_lever, "attention": attention_lever, "mlm-attention": mlm_attention_lever,
-    "compile": compile_lever,
+    "compile": compile_lever, "predict-compile": predict_compile_lever,
     "predict-precision": predict_precision_lever, "predict-batching": predict_batching_lever,
     "native-layer": native_layer_lever, "cls": cls_lever, "fixed": fixed_lever,
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from transformers import PreTrainedModel
@@ -11,18 +13,22 @@ from lib.core.distributed import Distributed
 from lib.core.progress import progress_bar
 from lib.data.batching import EncodedTexts, collate, prediction_token_budget, sorted_batches
 from lib.model.cls_only import classifier_logits
+from lib.model.compiled import frozen_classifier
 
 
 def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, precision: str,
-                   device: torch.device, desc: str, show_progress: bool, part: tuple[int, int] = (0, 1)) -> np.ndarray:
+                   device: torch.device, desc: str, show_progress: bool, part: tuple[int, int] = (0, 1),
+                   compiled: bool = False) -> np.ndarray:
     """fp32 logits in the rows' original order, whatever order the batches ran in. Batches hold at most
     `batch_size` rows, and on a CPU at most `prediction_token_budget` tokens.
 
     `part=(k, n)` computes only every n-th length-sorted batch starting at k (one process's share
     of a distributed evaluation); the other rows are left as NaN for the caller to gather.
+    `compiled`: through `frozen_classifier` (weights that no longer change, a large file).
     """
     was_training = model.training
     model.eval()
+    forward = frozen_classifier(model) if compiled else functools.partial(classifier_logits, model)
     logits = np.full((len(data), model.config.num_labels), np.nan, dtype=np.float32)
     batches = sorted_batches(data.lengths, batch_size, prediction_token_budget(device))[part[0]::part[1]]
     chunks = []
@@ -31,8 +37,7 @@ def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, 
         for rows in batches:
             batch = collate(data, rows)
             with autocast(precision, device):
-                out = classifier_logits(model, to_device(batch["input_ids"], device),
-                                        to_device(batch["attention_mask"], device))
+                out = forward(to_device(batch["input_ids"], device), to_device(batch["attention_mask"], device))
             chunks.append((rows, out.float()))
             bar.update(len(rows))
     for rows, out in chunks:  # one host copy per batch, after the loop, keeps the GPU busy

@@ -40,12 +40,14 @@ INFERENCE_PRECISIONS = ("run", "fp32", "bf16", "fp16")
 class Inference:
     """How saved models score a file. `precision` "run" is each run's own training precision (fp32 where
     the device lacks it); bf16 predicts about 1.8-2x faster on CPUs with AMX (bench/levers.py), so it
-    may be asked for a run trained in fp32."""
+    may be asked for a run trained in fp32. `compile` scores through `lib.model.compiled`: faster
+    batches after seconds of compiling each model, for large files."""
 
     device: str = "auto"
     batch_size: int | None = None  # None: each run's own eval batch size
     precision: str = "run"
     show_progress: bool = False
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,10 @@ def inference_precision(trained_with: str, device: torch.device, requested: str 
 def predict_table(cfg: TrainConfig, plan: TrainingPlan | ClassicalPlan, preprocessor: TextPreprocessor,
                   tokenizer: PreTrainedTokenizerBase | None, model: PreTrainedModel | TfidfClassifier,
                   path: str | Path, device: torch.device, show_progress: bool,
-                  batch_size: int | None = None, precision: str = "run") -> tuple[np.ndarray, np.ndarray]:
-    """(ids, fp32 logits) for every row of the CSV at `path`, in file order; `precision` as in `Inference`."""
+                  batch_size: int | None = None, precision: str = "run",
+                  compiled: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, fp32 logits) for every row of the CSV at `path`, in file order; `precision` and `compiled`
+    (a TF-IDF run has nothing to compile) as in `Inference`."""
     columns = Columns(cfg.id_column, cfg.text_column, cfg.label_column)
     table = read_table(path, columns, labelled=False, flag="--test")
     if cfg.model == CLASSICAL_MODEL:  # the features read the preprocessed texts: no tokens, batches or device
@@ -122,14 +126,15 @@ def predict_table(cfg: TrainConfig, plan: TrainingPlan | ClassicalPlan, preproce
                   pad_to_multiple_of=pad_multiple(device, precision, compiled=False), truncation=cfg.truncation,
                   head_tokens=cfg.head_tokens)
     logits = predict_logits(model, data, batch_size or cfg.per_device_eval_batch_size, precision, device, "predict",
-                            show_progress)
+                            show_progress, compiled=compiled)
     return table.ids, logits
 
 
 def predict_run_table(loaded: LoadedRun, path: str | Path, inference: Inference) -> tuple[np.ndarray, np.ndarray]:
     """`predict_table` with a loaded run's own parts, as `inference` says."""
     return predict_table(loaded.cfg, loaded.plan, loaded.preprocessor, loaded.tokenizer, loaded.model, path,
-                         loaded.device, inference.show_progress, inference.batch_size, inference.precision)
+                         loaded.device, inference.show_progress, inference.batch_size, inference.precision,
+                         inference.compile)
 
 
 def write_predictions(path: Path, ids: np.ndarray, logits: np.ndarray, id_column: str,
