@@ -34,8 +34,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="run",
                         help="run: each run's training precision; bf16 predicts faster on CPUs with AMX")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile each model with frozen weights: faster batches after 10-30 s of "
-                             "compiling, for files of about 100k rows and more (docs/results.md)")
+                        help="torch.compile each model with frozen weights: faster batches after 20-35 s of "
+                             "compiling, for files of several 100k rows (docs/results.md)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     inference = Inference(args.device, args.batch_size, args.precision, progress_enabled(args.quiet), args.compile)
