@@ -15,7 +15,6 @@ import types
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch._dynamo.exc import BackendCompilerFailed
 from torch._inductor import config as inductor_config
 from transformers import PreTrainedModel
@@ -35,7 +34,8 @@ def frozen_classifier(model: PreTrainedModel) -> Forward:
 
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         rows = len(input_ids)
-        input_ids, attention_mask = _at_least_two(input_ids), _at_least_two(attention_mask)
+        if rows == 1:  # dynamo specialises a size of 1: a last batch of one row would compile a second graph
+            input_ids, attention_mask = input_ids.repeat(2, 1), attention_mask.repeat(2, 1)
         try:
             with inductor_config.patch(freezing=True):
                 return compiled(input_ids, attention_mask)[:rows]
@@ -55,10 +55,3 @@ def _own_code(function: Callable) -> Callable:
     return types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
                               function.__defaults__, function.__closure__)
 
-
-def _at_least_two(batch: torch.Tensor) -> torch.Tensor:
-    """`batch` with at least 2 rows and 2 columns: dynamo specialises a size of 1, so a last batch of one
-    row would compile a second graph. The row is repeated, the column is a masked pad (ids and mask 0)."""
-    if batch.shape[1] < 2:
-        batch = F.pad(batch, (0, 2 - batch.shape[1]))
-    return batch.repeat(2, 1) if len(batch) < 2 else batch
