@@ -12,8 +12,8 @@
 #               the image's, within transformers' ranges (hub 2.x would need packages the image lacks)
 #   install     install .whl/ into /tmp/site with --no-deps and put it first on PYTHONPATH
 #   env         the GPU, the driver and the packages the run uses
-#   cuda-tests  tests/test_cuda.py: fp16 with its GradScaler and bf16 training, a resume, GPU prediction,
-#               page-locked batch copies
+#   cuda-tests  tests/test_cuda.py: fp16 with its GradScaler and bf16 training, a resume, GPU prediction
+#               (eager and compiled), page-locked batch copies
 #   bench       bench/throughput.py --parts trainer on scratch:base (BERT-base's shape), bf16 then fp16:
 #               ours against transformers.Trainer, samples/s, peak GPU memory and the ratios
 #   suite       the whole suite (where CUDA is visible, runs that ask for device auto train on it)

@@ -31,7 +31,7 @@ def test_compiled_prediction_gives_the_eager_logits_with_one_graph_for_every_bat
         # 40 test rows in batches of 3: widths that differ from batch to batch, and a last batch of 1 row
         assert run_cli(predict.main, [str(run.path), "--test", str(toy_data["test"]), "--out",
                                       str(tmp_path / f"{name}.csv"), "--logits-out", str(tmp_path / f"{name}.npz"),
-                                      "--batch-size", "3", "--quiet"] + flags) == 0
+                                      "--batch-size", "3", "--device", "cpu", "--quiet"] + flags) == 0
         logits[name] = np.load(tmp_path / f"{name}.npz")["logits"]
     assert counters["frames"]["ok"] == 1
     np.testing.assert_allclose(logits["compiled"], logits["eager"], atol=1e-5)

@@ -1,5 +1,5 @@
 """The CUDA paths for real: AMP training in fp16 (with its GradScaler) and bf16, prediction on the
-GPU against the CPU's, and page-locked batch copies. Skipped without a GPU; scripts/gpu_check.sh
+GPU (eager and compiled) against the CPU's, and page-locked batch copies. Skipped without a GPU; scripts/gpu_check.sh
 runs them where one is lent."""
 
 import json
@@ -47,16 +47,18 @@ def test_fp16_overflow_steps_leave_the_schedule_behind_and_a_resume_continues(to
     assert json.loads(resumed.result.read_text())["best"]["accuracy"] > 0.9
 
 
-def test_cuda_prediction_matches_the_cpu_logits(toy_data, tmp_path):
+def test_cuda_prediction_eager_and_compiled_matches_the_cpu_logits(toy_data, tmp_path):
     run = train_new(tiny_config(toy_data, tmp_path, device="cpu", precision="fp32"))
     outputs = {}
-    for device in ("cpu", "cuda"):
-        logits = tmp_path / f"{device}.npz"
+    for name, flags in (("cpu", ["--device", "cpu"]), ("cuda", ["--device", "cuda"]),
+                        ("cuda compiled", ["--device", "cuda", "--compile"])):
+        logits = tmp_path / f"{name}.npz"
         assert run_cli(predict.main, [str(run.path), "--test", str(toy_data["test"]), "--out",
-                                      str(tmp_path / f"{device}.csv"), "--logits-out", str(logits),
-                                      "--device", device, "--quiet"]) == 0
-        outputs[device] = np.load(logits)["logits"]
+                                      str(tmp_path / f"{name}.csv"), "--logits-out", str(logits),
+                                      "--quiet"] + flags) == 0
+        outputs[name] = np.load(logits)["logits"]
     np.testing.assert_allclose(outputs["cuda"], outputs["cpu"], atol=1e-4)
+    np.testing.assert_allclose(outputs["cuda compiled"], outputs["cpu"], atol=1e-4)
 
 
 def test_batches_bound_for_the_gpu_are_page_locked_before_the_copy(monkeypatch):
