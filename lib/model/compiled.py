@@ -54,4 +54,3 @@ def _own_code(function: Callable) -> Callable:
     ensemble would leave every member after the 8th uncompiled."""
     return types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
                               function.__defaults__, function.__closure__)
-
