@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+BF16_FAST_FLAG = "amx_bf16"  # bench/precision.py: without AMX tiles (avx512_bf16 alone) bf16 ran slower than fp32
 BF16_MIN_HIDDEN = 256  # bench/precision.py: from this width bf16 autocast trains faster than fp32 on AMX
 DEVICE_FORMS = "auto, cpu or cuda[:N]"
 
@@ -78,11 +79,13 @@ def cpu_bf16_support(cpuinfo: str | None = None) -> tuple[str, ...]:
 
 
 def auto_cpu_precision(hidden_size: int | None, support: tuple[str, ...]) -> tuple[str, str]:
-    """bf16 where bench/precision.py measured it faster than fp32 on a CPU: with bf16 matrix units and a
-    model at least BF16_MIN_HIDDEN wide. Narrower models spend their step on casts and small kernels that
-    bf16 does not speed up."""
+    """bf16 where bench/precision.py measured it faster than fp32 on a CPU: with AMX tiles and a model at
+    least BF16_MIN_HIDDEN wide. Narrower models spend their step on casts and small kernels that bf16 does
+    not speed up; with avx512_bf16 alone oneDNN's bf16 matrix products ran at about half fp32's speed."""
     if not support:
         return "fp32", "auto: this CPU has no bf16 matrix instructions (amx_bf16, avx512_bf16)"
+    if BF16_FAST_FLAG not in support:
+        return "fp32", f"auto: this CPU has {'+'.join(support)} but no {BF16_FAST_FLAG}; bf16 is slower than fp32 there"
     if hidden_size is None or hidden_size < BF16_MIN_HIDDEN:
         width = "of unknown width" if hidden_size is None else f"{hidden_size} wide"
         return "fp32", f"auto: the model is {width}; bf16 pays on this CPU from {BF16_MIN_HIDDEN} wide"

@@ -266,8 +266,8 @@ class TrainConfig:
     # run
     seed: int = field(default=42, metadata=option("seed for the model init, dropout and batch order", "run"))
     precision: str = field(default="auto", metadata=option(
-        "auto = bf16 on CUDA where supported (else fp16 + GradScaler); on a CPU bf16 with AMX/avx512_bf16 for models "
-        "at least 256 wide, else fp32", "run", choices=PRECISIONS))
+        "auto = bf16 on CUDA where supported (else fp16 + GradScaler); on a CPU bf16 with AMX for models at "
+        "least 256 wide, else fp32", "run", choices=PRECISIONS))
     device: str = field(default="auto", metadata=option(DEVICE_FORMS, "run", parse=parse_device,
                                                         expects=DEVICE_FORMS))
     ddp_backend: str = field(default="auto", metadata=option(

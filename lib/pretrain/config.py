@@ -123,7 +123,7 @@ class PretrainConfig:
         "seed for the held-out slice, packing order, initial weights, masks and dropout", "run"))
     precision: str = field(default="auto", metadata=option(
         "auto = bf16 on CUDA GPUs that support it, fp16 + GradScaler on older ones; on a CPU bf16 with "
-        "AMX/avx512_bf16 for models at least 256 wide, else fp32", "run",
+        "AMX for models at least 256 wide, else fp32", "run",
         choices=PRECISIONS))
     device: str = field(default="auto", metadata=option(DEVICE_FORMS, "run", parse=parse_device,
                                                         expects=DEVICE_FORMS))
