@@ -19,9 +19,13 @@ def helped(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for script in SCRIPTS}
     done = {}
-    for script, process in started.items():
-        stdout, stderr = process.communicate(timeout=300)
-        done[script] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    try:
+        for script, process in started.items():
+            stdout, stderr = process.communicate(timeout=300)
+            done[script] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    finally:  # a hung script fails the tests without leaving the others running
+        for process in started.values():
+            process.kill()
     return done
 
 
