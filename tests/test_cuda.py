@@ -1,5 +1,5 @@
-"""The CUDA paths for real: AMP training in fp16 (with its GradScaler) and bf16, prediction on the
-GPU (eager and compiled) against the CPU's, and page-locked batch copies. Skipped without a GPU; scripts/gpu_check.sh
+"""The CUDA paths for real: AMP training in fp16 (with its GradScaler) and bf16, an fp16 step without a host
+sync, prediction on the GPU (eager and compiled) against the CPU's, and page-locked batch copies. Skipped without a GPU; scripts/gpu_check.sh
 runs them where one is lent."""
 
 import json
@@ -13,6 +13,7 @@ import predict
 from lib.core.cli import run_cli
 from lib.core.device import to_device
 from lib.finetune.trainer import resume, train_new
+from lib.loop.step import AppliedSteps, optimizer_step
 from lib.loop.state import load_state
 from lib.loop.stop import TrainingInterrupted
 from tests.conftest import StopAtStep, tiny_config
@@ -45,6 +46,27 @@ def test_fp16_overflow_steps_leave_the_schedule_behind_and_a_resume_continues(to
     assert state["loop"]["schedule_step"] == 12 - halvings
     resumed = resume(interrupted.value.run_path)
     assert json.loads(resumed.result.read_text())["best"]["accuracy"] > 0.9
+
+
+def test_an_fp16_step_on_cuda_never_makes_the_host_wait_for_the_gpu():
+    """torch's sync debug mode raises at any host sync. The fused AdamW step under the scaler, with an
+    overflow and without, and the skip counter's non-blocking copy must make none; only settling waits."""
+    model = torch.nn.Linear(64, 8).cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    scaler = torch.amp.GradScaler("cuda")
+    applied = AppliedSteps()
+    for overflow in (True, False):
+        with torch.autocast("cuda", dtype=torch.float16):
+            loss = model(torch.randn(16, 64, device="cuda")).float().sum()
+        scaler.scale(loss).backward()
+        if overflow:
+            model.bias.grad[0] = math.inf
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            applied.add(optimizer_step(list(model.parameters()), optimizer, scaler, max_grad_norm=1.0))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert applied.settle() == 1 and scaler.get_scale() == 2.0 ** 15
 
 
 def test_cuda_prediction_eager_and_compiled_matches_the_cpu_logits(toy_data, tmp_path):

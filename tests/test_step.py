@@ -1,5 +1,6 @@
-"""The gradient step: accumulation equals one big batch, clipping, and fp16 skip handling."""
+"""The gradient step: accumulation equals one big batch, clipping, and fp16 skip handling without host reads."""
 
+import json
 import math
 
 import numpy as np
@@ -9,7 +10,8 @@ import torch
 from lib.core.device import make_grad_scaler, resolve_precision, to_device
 from lib.data.batching import collate
 from lib.finetune.losses import FocalLoss
-from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
+from lib.loop.step import (AppliedSteps, ClassifierObjective, StepOutcome, WindowShare, accumulate_window,
+                           optimizer_step)
 from tests.tiny_encoders import random_encoded, tiny_bert
 
 
@@ -52,7 +54,7 @@ def test_step_clips_to_max_norm_and_reports_the_norm_before_clipping():
     optimizer = torch.optim.SGD([w], lr=1.0)
     scaler = make_grad_scaler("fp32", torch.device("cpu"))
     outcome = optimizer_step([w], optimizer, scaler, max_grad_norm=1.0)
-    assert outcome.applied and float(outcome.grad_norm) == pytest.approx(5.0)
+    assert outcome.skipped is None and float(outcome.grad_norm) == pytest.approx(5.0)
     torch.testing.assert_close(w.detach(), torch.tensor([-0.6, -0.8]))
     assert w.grad is None
 
@@ -67,19 +69,63 @@ def test_no_clipping_still_measures_the_norm():
 
 
 def test_an_overflowing_fp16_step_is_skipped_and_reported():
-    """GradScaler with inf gradients: weights unchanged, scale halved, step marked not applied."""
+    """GradScaler with inf gradients: weights unchanged, scale halved, the step's flag set and not
+    counted as applied; the next, finite step is."""
     w = torch.nn.Parameter(torch.ones(2))
     optimizer = torch.optim.SGD([w], lr=1.0)
     scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=8.0)
+    applied = AppliedSteps()
     scaler.scale(w.sum()).backward()
     w.grad[0] = math.inf
     outcome = optimizer_step([w], optimizer, scaler, max_grad_norm=1.0)
-    assert not outcome.applied
+    applied.add(outcome)
+    assert float(outcome.skipped) == 1.0
     torch.testing.assert_close(w.detach(), torch.ones(2))
     assert scaler.get_scale() == 4.0
+    assert applied.settle() == 0
 
     scaler.scale(w.sum()).backward()
-    assert optimizer_step([w], optimizer, scaler, max_grad_norm=10.0).applied
+    outcome = optimizer_step([w], optimizer, scaler, max_grad_norm=10.0)
+    applied.add(outcome)
+    assert float(outcome.skipped) == 0.0 and scaler.get_scale() == 4.0
+    torch.testing.assert_close(w.detach(), torch.zeros(2))
+    assert applied.settle() == 1 and applied.settle() == 0  # each step counted once
+
+
+def test_applied_steps_count_every_step_without_a_scaler_and_skips_with_one():
+    applied = AppliedSteps()
+    for _ in range(3):
+        applied.add(optimizer_step([w := torch.nn.Parameter(torch.ones(2))], torch.optim.SGD([w], lr=0.1),
+                                   make_grad_scaler("fp32", torch.device("cpu")), 1.0))
+    assert applied.settle() == 3
+    for flag in (0.0, 1.0, 1.0, 0.0, 0.0):
+        applied.add(StepOutcome(torch.tensor(1.0), torch.tensor(flag)))
+    assert applied.settle() == 3
+
+
+def test_an_fp16_step_with_fused_adamw_reads_nothing_back_from_the_device(monkeypatch):
+    """Every read of a tensor's value on the host (`.item()`, `float()`, `bool()`, `get_scale()`) would be a
+    host sync on a GPU. With fused AdamW (what the trainers build) the scaler's skip happens inside the
+    optimizer's kernel, so a whole fp16 step, overflowing or not, must read none; the counter reads its
+    flags afterwards."""
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=2.0 ** 10)
+    applied = AppliedSteps()
+    before = model.weight.detach().clone()
+    for overflow in (True, False):
+        scaler.scale(model(torch.ones(4, 3)).sum()).backward()
+        if overflow:
+            model.bias.grad[0] = math.nan
+        with monkeypatch.context() as reads:
+            for method in ("item", "__bool__", "__float__", "__int__", "tolist"):
+                reads.setattr(torch.Tensor, method, lambda *args, name=method: pytest.fail(f"host read: {name}"))
+            reads.setattr(torch.amp.GradScaler, "get_scale", lambda self: pytest.fail("host read: get_scale"))
+            applied.add(optimizer_step(list(model.parameters()), optimizer, scaler, max_grad_norm=1.0))
+        if overflow:
+            torch.testing.assert_close(model.weight.detach(), before)  # skipped inside the fused kernel
+    assert not torch.equal(model.weight.detach(), before)
+    assert scaler.get_scale() == 2.0 ** 9 and applied.settle() == 1
 
 
 def test_an_explicit_precision_is_kept_or_refused_on_cpu():
@@ -96,3 +142,32 @@ def test_a_batch_for_the_cpu_is_used_where_it_lies(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda tensor: pytest.fail("pinned a CPU batch"))
     batch = collate(random_encoded(), np.arange(4))
     assert to_device(batch["input_ids"], torch.device("cpu")) is batch["input_ids"]
+
+
+def test_steps_the_scaler_skips_leave_the_schedule_behind_and_are_saved_settled(toy_data, tmp_path, monkeypatch):
+    """The trainer's wiring of the skip counter, on a CPU: under an enabled scaler, steps 3 and 7 get an inf
+    gradient. The scaler skips them, and the schedule trails the optimizer by exactly those two in the
+    state a stop after step 12 saves (the counter is settled before saving); the resumed run learns."""
+    import lib.finetune.trainer as trainer_module
+    from lib.finetune.trainer import resume, train_new
+    from lib.loop.state import load_state
+    from lib.loop.stop import TrainingInterrupted
+    from tests.conftest import StopAtStep, tiny_config
+
+    calls = []
+
+    def overflowing_on_3_and_7(parameters, *args, **kwargs):
+        calls.append(len(calls) + 1)
+        if calls[-1] in (3, 7):
+            parameters[0].grad.fill_(math.inf)
+        return optimizer_step(parameters, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "make_grad_scaler", lambda precision, device: torch.amp.GradScaler("cpu"))
+    monkeypatch.setattr(trainer_module, "optimizer_step", overflowing_on_3_and_7)
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        train_new(tiny_config(toy_data, tmp_path), stop=StopAtStep(12))
+    state = load_state(interrupted.value.run_path / "last" / "training_state.pt")
+    assert state["scaler"]["scale"] == 2.0 ** 14  # halved twice from its initial 2**16
+    assert (state["loop"]["global_step"], state["loop"]["schedule_step"]) == (12, 10)
+    resumed = resume(interrupted.value.run_path)
+    assert json.loads(resumed.result.read_text())["best"]["accuracy"] > 0.9

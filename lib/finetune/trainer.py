@@ -47,7 +47,7 @@ from lib.loop.optim import build_adamw
 from lib.loop.schedule import lr_multiplier, set_learning_rate, swa_lr_multiplier
 from lib.loop.skeleton import run_loop
 from lib.loop.state import LoopPosition, load_state, rng_state, save_state, set_rng_state
-from lib.loop.step import WindowShare, accumulate_window, optimizer_step
+from lib.loop.step import AppliedSteps, WindowShare, accumulate_window, optimizer_step
 from lib.loop.stop import StopRequest, TrainingInterrupted
 from lib.loop.work_folder import environment_record
 from lib.model.backbone import load_classifier
@@ -162,6 +162,7 @@ class FineTuning:
                                      (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_epsilon,
                                      fused=s.device.type in ("cpu", "cuda"))
         self.scaler = make_grad_scaler(plan.precision, s.device)
+        self.applied_steps = AppliedSteps()
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
             self.scaler.load_state_dict(scaler_state)
@@ -247,13 +248,14 @@ class FineTuning:
         with self.kernels.step(), cls_only_forward(self.model):
             self.pending_loss += accumulate_window(self.trained_model, [self._local_batch(rows) for rows in window],
                                                    objective, share)
+        loop.schedule_step += self.applied_steps.settle()  # the previous step's; this one's forward is queued
         lr = set_learning_rate(self.optimizer, self._lr_multiplier())
         outcome = optimizer_step(self.parameters, self.optimizer, self.scaler, cfg.max_grad_norm)
+        self.applied_steps.add(outcome)
         step = loop.global_step + 1
         for averager in self.averagers:
             averager.after_step(self.model, step)
             loop.averagers[averager.name] = averager.state_dict()
-        loop.schedule_step += int(outcome.applied)
         loop.windows_since_log += 1
         loop.samples_seen += samples
         loop.train_seconds += time.perf_counter() - started
@@ -316,6 +318,7 @@ class FineTuning:
 
     def checkpoint(self) -> None:
         loop = self.loop
+        loop.schedule_step += self.applied_steps.settle()
         self._fold_pending_loss()
         rng_states = self.ctx.all_gather(rng_state())
         if not self.ctx.is_main:

@@ -39,7 +39,7 @@ from lib.loop.optim import DecayByShape, build_adamw
 from lib.loop.schedule import lr_multiplier, set_learning_rate
 from lib.loop.skeleton import run_loop
 from lib.loop.state import LoopPosition, load_state, rng_state, save_state, set_rng_state
-from lib.loop.step import WindowShare, accumulate_window, optimizer_step
+from lib.loop.step import AppliedSteps, WindowShare, accumulate_window, optimizer_step
 from lib.loop.stop import StopRequest, TrainingInterrupted
 from lib.model.mlm import MaskedPositions, masked_logits
 from lib.model.step_kernels import TrainingKernels
@@ -176,6 +176,7 @@ class Pretraining:
                                      (s.cfg.adam_beta1, s.cfg.adam_beta2), s.cfg.adam_epsilon,
                                      fused=s.device.type in ("cpu", "cuda"))
         self.scaler = make_grad_scaler(s.plan.precision, s.device)
+        self.applied_steps = AppliedSteps()
         if optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
             self.scaler.load_state_dict(scaler_state)
@@ -254,11 +255,12 @@ class Pretraining:
         with self.kernels.step():
             self.pending_loss += accumulate_window(self.trained_model, [self._local(batch) for batch in batches],
                                                    self.objective, share) * share.denominator
+        loop.schedule_step += self.applied_steps.settle()  # the previous step's; this one's forward is queued
         lr = set_learning_rate(self.optimizer, lr_multiplier(cfg.lr_scheduler_type, loop.schedule_step,
                                                              self.plan.warmup_steps, self.plan.total_steps))
         outcome = optimizer_step(self.parameters, self.optimizer, self.scaler, cfg.max_grad_norm)
+        self.applied_steps.add(outcome)
         elapsed = time.perf_counter() - started
-        loop.schedule_step += int(outcome.applied)
         loop.tokens_seen += tokens
         loop.masked_tokens_seen += masked
         loop.masked_since_log += masked
@@ -288,6 +290,7 @@ class Pretraining:
 
     def checkpoint(self) -> None:
         loop = self.loop
+        loop.schedule_step += self.applied_steps.settle()
         self._fold_pending_loss()
         loop.wall_seconds = self._wall()
         rng_states = self.ctx.all_gather(rng_state())
