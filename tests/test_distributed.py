@@ -15,6 +15,7 @@ from lib.finetune.predict import load_run, predict_table
 from lib.finetune.trainer import resume, train_new
 from lib.loop.stop import StopRequest
 from tests.conftest import tiny_config
+from tests.distributed_messages import messages_main
 
 
 class CrashAtStep(StopRequest):
@@ -115,3 +116,14 @@ def test_two_process_adversarial_training_keeps_the_ranks_in_step(toy_data, tmp_
     by_id = dict(zip(ids.tolist(), logits))
     np.testing.assert_allclose(np.stack([by_id[i] for i in saved["ids"].tolist()]), saved["logits"], atol=1e-4)
     assert json.loads((folder / "result.json").read_text())["best"]["accuracy"] > 0.4  # chance: 0.25
+
+
+def test_the_ranks_agree_on_flags_and_messages_over_either_group(tmp_path):
+    """`any` is an integer's all-reduce (a flag raised by one rank only is seen by both), and objects are
+    gathered and broadcast, over the default group and over a gloo group of its own (what an NCCL run uses)."""
+    out = str(tmp_path / "seen")
+    mp.spawn(messages_main, args=(2, _free_port(), out), nprocs=2, join=True)
+    for rank in range(2):
+        seen = json.loads(open(f"{out}.{rank}").read())
+        for name in ("default", "own group"):
+            assert seen[name] == [True, False, True, [0, 10], "from 0"], (rank, name)

@@ -4,13 +4,17 @@
 run is a single process and every helper here is a no-op. Gloo serves CPUs, NCCL CUDA GPUs.
 Only rank 0 writes the run folder; every rank computes the same validation metrics from
 gathered logits, so decisions (early stopping, selection) agree without extra messages.
+
+Gradients travel over the run's backend; the small messages the loop exchanges between steps (stop
+flags, random states, logits, paths) travel over gloo on the host. Under NCCL each of those would
+be a copy to the GPU and back, which makes the host wait for the GPU's queue.
 """
 
 from __future__ import annotations
 
 import gc
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +30,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    messages: Any = field(default=None, compare=False, repr=False)  # a gloo group; None: the default group
 
     @property
     def enabled(self) -> bool:
@@ -44,7 +49,7 @@ class Distributed:
         if not self.enabled:
             return [value]
         gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, value)
+        dist.all_gather_object(gathered, value, group=self.messages)
         return gathered
 
     def broadcast(self, value: Any) -> Any:
@@ -52,12 +57,18 @@ class Distributed:
         if not self.enabled:
             return value
         box = [value]
-        dist.broadcast_object_list(box, src=0)
+        dist.broadcast_object_list(box, src=0, group=self.messages)
         return box[0]
 
     def any(self, flag: bool) -> bool:
-        """True on every rank if it is true on any rank (e.g. Ctrl-C seen by one process first)."""
-        return any(self.all_gather(bool(flag))) if self.enabled else flag
+        """True on every rank if it is true on any rank (e.g. Ctrl-C seen by one process first).
+        The loop asks after every step, so this is one integer's all-reduce rather than an object
+        gather (a pickle and two collectives; 1.85 ms against 0.3 ms between two CPU processes)."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor([int(bool(flag))], dtype=torch.int32)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.messages)
+        return bool(value[0])
 
 
 def init_distributed(requested_device: str, backend: str) -> tuple[Distributed, torch.device | None]:
@@ -78,7 +89,8 @@ def init_distributed(requested_device: str, backend: str) -> tuple[Distributed, 
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend=chosen, rank=rank, world_size=world_size)
-    return Distributed(rank, world_size, local_rank), device
+    messages = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    return Distributed(rank, world_size, local_rank, messages), device
 
 
 def leave_process_group() -> None:
