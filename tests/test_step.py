@@ -9,9 +9,14 @@ import torch
 
 from lib.core.device import make_grad_scaler, resolve_precision, to_device
 from lib.data.batching import collate
+import lib.finetune.trainer as trainer_module
 from lib.finetune.losses import FocalLoss
+from lib.finetune.trainer import resume, train_new
+from lib.loop.state import load_state
 from lib.loop.step import (AppliedSteps, ClassifierObjective, StepOutcome, WindowShare, accumulate_window,
                            optimizer_step)
+from lib.loop.stop import TrainingInterrupted
+from tests.conftest import StopAtStep, tiny_config
 from tests.tiny_encoders import random_encoded, tiny_bert
 
 
@@ -94,9 +99,11 @@ def test_an_overflowing_fp16_step_is_skipped_and_reported():
 
 def test_applied_steps_count_every_step_without_a_scaler_and_skips_with_one():
     applied = AppliedSteps()
+    w = torch.nn.Parameter(torch.ones(2))
+    optimizer, scaler = torch.optim.SGD([w], lr=0.1), make_grad_scaler("fp32", torch.device("cpu"))
     for _ in range(3):
-        applied.add(optimizer_step([w := torch.nn.Parameter(torch.ones(2))], torch.optim.SGD([w], lr=0.1),
-                                   make_grad_scaler("fp32", torch.device("cpu")), 1.0))
+        w.grad = torch.ones(2)
+        applied.add(optimizer_step([w], optimizer, scaler, 1.0))
     assert applied.settle() == 3
     for flag in (0.0, 1.0, 1.0, 0.0, 0.0):
         applied.add(StepOutcome(torch.tensor(1.0), torch.tensor(flag)))
@@ -148,12 +155,6 @@ def test_steps_the_scaler_skips_leave_the_schedule_behind_and_are_saved_settled(
     """The trainer's wiring of the skip counter, on a CPU: under an enabled scaler, steps 3 and 7 get an inf
     gradient. The scaler skips them, and the schedule trails the optimizer by exactly those two in the
     state a stop after step 12 saves (the counter is settled before saving); the resumed run learns."""
-    import lib.finetune.trainer as trainer_module
-    from lib.finetune.trainer import resume, train_new
-    from lib.loop.state import load_state
-    from lib.loop.stop import TrainingInterrupted
-    from tests.conftest import StopAtStep, tiny_config
-
     calls = []
 
     def overflowing_on_3_and_7(parameters, *args, **kwargs):
