@@ -1,21 +1,19 @@
 """Two CPU processes with gloo (as torchrun would start them) against one process with the same global batch."""
 
 import json
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
+import torch.distributed as dist
 from safetensors.torch import load_file
 
-from lib.core.distributed import leave_process_group
+from lib.core.distributed import Distributed, leave_process_group
 from lib.finetune.predict import load_run, predict_table
 from lib.finetune.trainer import resume, train_new
 from lib.loop.stop import StopRequest
 from tests.conftest import tiny_config
-from tests.distributed_messages import messages_main
+from tests.ranks import run_ranks
 
 
 class CrashAtStep(StopRequest):
@@ -31,16 +29,7 @@ class CrashAtStep(StopRequest):
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_main(rank: int, world: int, port: int, cfg, resume_path, crash_step) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _rank_main(rank: int, cfg, resume_path, crash_step) -> None:
     try:
         if resume_path:
             resume(resume_path)
@@ -53,8 +42,8 @@ def _rank_main(rank: int, world: int, port: int, cfg, resume_path, crash_step) -
         leave_process_group()
 
 
-def _launch(cfg=None, resume_path=None, crash_step=None, world=2) -> None:
-    mp.spawn(_rank_main, args=(world, _free_port(), cfg, resume_path, crash_step), nprocs=world, join=True)
+def _launch(cfg=None, resume_path=None, crash_step=None) -> None:
+    run_ranks(_rank_main, cfg, resume_path, crash_step)
 
 
 def _weights(folder):
@@ -122,8 +111,23 @@ def test_the_ranks_agree_on_flags_and_messages_over_either_group(tmp_path):
     """`any` is an integer's all-reduce (a flag raised by one rank only is seen by both), and objects are
     gathered and broadcast, over the default group and over a gloo group of its own (what an NCCL run uses)."""
     out = str(tmp_path / "seen")
-    mp.spawn(messages_main, args=(2, _free_port(), out), nprocs=2, join=True)
+    run_ranks(_messages_main, out)
     for rank in range(2):
         seen = json.loads(open(f"{out}.{rank}").read())
         for name in ("default", "own group"):
             assert seen[name] == [True, False, True, [0, 10], "from 0"], (rank, name)
+
+
+def _messages_main(rank: int, out: str) -> None:
+    """Write what `any`, `all_gather` and `broadcast` gave this rank over the default group and a gloo group."""
+    dist.init_process_group("gloo")
+    try:
+        seen = {}
+        for name, messages in (("default", None), ("own group", dist.new_group(backend="gloo"))):
+            ctx = Distributed(rank, dist.get_world_size(), rank, messages)
+            seen[name] = [ctx.any(rank == 1), ctx.any(False), ctx.any(True), ctx.all_gather(rank * 10),
+                          ctx.broadcast(f"from {rank}")]
+        with open(f"{out}.{rank}", "w") as file:
+            json.dump(seen, file)
+    finally:
+        leave_process_group()

@@ -1,12 +1,10 @@
 """Pretraining under torchrun: two CPU processes with gloo against one process with the same global batch."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM
 
@@ -15,7 +13,7 @@ from lib.data.mlm import read_texts
 from lib.model.backbone import train_wordpiece
 from lib.pretrain.trainer import pretrain_new, resume_pretraining
 from tests.conftest import StopAtStep, tiny_pretrain_config
-from tests.test_distributed import _free_port
+from tests.ranks import run_ranks
 
 OVERRIDES = dict(max_steps=12, eval_steps=4, logging_steps=3, gradient_accumulation_steps=2)
 
@@ -39,10 +37,7 @@ def _config(corpus, init, out, batch):
                                 cache_dir=str(out.parent / "cache"), **OVERRIDES)
 
 
-def _rank_main(rank: int, world: int, port: int, cfg, stop_step, resume_path) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+def _rank_main(rank: int, cfg, stop_step, resume_path) -> None:
     try:
         if resume_path is not None:
             resume_pretraining(resume_path)
@@ -55,8 +50,8 @@ def _rank_main(rank: int, world: int, port: int, cfg, stop_step, resume_path) ->
         leave_process_group()
 
 
-def _launch(cfg=None, stop_step=None, resume_path=None, world=2) -> None:
-    mp.spawn(_rank_main, args=(world, _free_port(), cfg, stop_step, resume_path), nprocs=world, join=True)
+def _launch(cfg=None, stop_step=None, resume_path=None) -> None:
+    run_ranks(_rank_main, cfg, stop_step, resume_path)
 
 
 def test_two_processes_pretrain_like_one_with_the_same_global_batch(corpus, still_init, tmp_path):
