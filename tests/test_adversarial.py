@@ -249,12 +249,18 @@ def test_under_ddp_only_the_last_adversarial_pass_synchronises(tmp_path, placeho
         reference = copy.deepcopy(model)
         ddp = DistributedDataParallel(model)
         syncing = []
-        model.register_forward_pre_hook(lambda module, args: syncing.append(ddp.require_backward_grad_sync))
+        # the hook closes over the DDP wrapper, which holds the hooked model: a reference cycle that
+        # would keep the gloo group alive past its destruction, for a later forked test's GC to free
+        hook = model.register_forward_pre_hook(lambda module, args: syncing.append(ddp.require_backward_grad_sync))
         first, last = _split(random_encoded(), [5, 6])
         if placeholder:
             last = dict(last, weight=0.0)
         objective = FGM(_plain(), epsilon=0.5)
-        got, _ = _backward(ddp, objective, [first, last], 11)
+        try:
+            got, _ = _backward(ddp, objective, [first, last], 11)
+        finally:
+            hook.remove()
+        del ddp
         expected, _ = _backward(reference, objective, [first, last], 11)
     finally:
         dist.destroy_process_group()
