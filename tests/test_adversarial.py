@@ -2,6 +2,7 @@
 the perturbation is the documented one, and every weight comes back bit-exactly."""
 
 import copy
+import traceback
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from lib.data.batching import EncodedTexts, collate
 from lib.finetune.losses import FocalLoss
+from lib.loop import adversarial
 from lib.loop.adversarial import AWP, FGM
 from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
 from tests.tiny_encoders import random_encoded, tiny_bert
@@ -223,16 +225,52 @@ def test_awp_under_an_enclosing_autocast_still_sees_its_perturbation():
 
 @pytest.mark.parametrize("weight", [0.0, float("inf")])
 @pytest.mark.parametrize("kind", ["fgm", "awp"])
-def test_no_second_pass_when_the_gradient_is_zero_or_not_finite(kind, weight):
+def test_a_zero_or_not_finite_gradient_adds_nothing_and_moves_nothing(kind, weight):
+    """The second pass still runs (deciding on the host would be a sync), unperturbed and at weight 0:
+    the window's gradient is the clean one, inf and NaN where that has them."""
     model = tiny_bert(layers=2)
     before = _weights(model)
     batch = dict(collate(random_encoded(), np.arange(11)), weight=weight)
+    clean, _ = _backward(model, _plain(), [batch], 11)
     objective = FGM(_plain(), epsilon=1.0) if kind == "fgm" else AWP(_plain(), lr=1.0, eps=0.05)
     seen = _snapshots_per_forward(model)
-    accumulate_window(model, [batch], objective, _share(11))
-    assert len(seen) == 1
+    got, _ = _backward(model, objective, [batch], 11)
+    assert len(seen) == 2
     for name, p in model.named_parameters():
-        assert torch.equal(p.detach(), before[name]), name
+        assert torch.equal(seen[1][name], before[name]) and torch.equal(p.detach(), before[name]), name
+    _assert_all_close(got, clean, rtol=0, atol=0, equal_nan=True)
+    assert weight == 0.0 or any(not g.isfinite().all() for g in got.values())
+
+
+def _fail_on_reads_by(module_file, reads):
+    """Make every read of a tensor's value on the host fail when `module_file` asked for it, directly or
+    through torch; reads inside the model's forward (transformers checks whether an attention mask can
+    be skipped) are the model's, which the plain step pays too."""
+    for method in ("item", "__bool__", "__float__", "__int__", "tolist"):
+        original = getattr(torch.Tensor, method)
+
+        def read(*args, name=method, original=original):
+            files = [frame.filename for frame in traceback.extract_stack()]
+            if module_file in files and not any("/transformers/" in file for file in files):
+                pytest.fail(f"host read: {name}")
+            return original(*args)
+
+        reads.setattr(torch.Tensor, method, read)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("kind", ["fgm", "awp"])
+def test_an_adversarial_window_reads_nothing_back_from_the_device(kind, precision, monkeypatch):
+    """On a GPU every read of a tensor's value on the host waits for the queue; a window of two
+    micro-batches, each perturbed and restored, must make none outside the model."""
+    model = tiny_bert(layers=2)
+    objective = FGM(_plain(precision), epsilon=0.5) if kind == "fgm" else AWP(_plain(precision), lr=0.1, eps=0.02)
+    batches = _split(random_encoded(), [6, 5])
+    expected, _ = _backward(model, objective, batches, 11)
+    with monkeypatch.context() as reads:
+        _fail_on_reads_by(adversarial.__file__, reads)
+        got, _ = _backward(model, objective, batches, 11)
+    _assert_all_close(got, expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("placeholder", [False, True])
@@ -249,9 +287,10 @@ def test_under_ddp_only_the_last_adversarial_pass_synchronises(tmp_path, placeho
         reference = copy.deepcopy(model)
         ddp = DistributedDataParallel(model)
         syncing = []
-        # the hook closes over the DDP wrapper, which holds the hooked model: a reference cycle that
-        # would keep the gloo group alive past its destruction, for a later forked test's GC to free
-        hook = model.register_forward_pre_hook(lambda module, args: syncing.append(ddp.require_backward_grad_sync))
+        # the hook holds the DDP wrapper, which holds the hooked model: a reference cycle that would
+        # keep the gloo group alive past its destruction, for a later forked test's GC to free
+        hook = model.register_forward_pre_hook(
+            lambda module, args, ddp=ddp: syncing.append(ddp.require_backward_grad_sync))
         first, last = _split(random_encoded(), [5, 6])
         if placeholder:
             last = dict(last, weight=0.0)

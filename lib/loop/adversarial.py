@@ -8,16 +8,20 @@ kept copy, bit-exactly, in a `finally`. The restore comes after the second backw
 backward that recomputes activations (gradient checkpointing) reads the weights as they are then.
 Both objectives return the clean loss, so the logged loss means the same with and without them.
 
+Nothing reads a value back from the device. Whether a perturbation is usable (a gradient that is
+zero, or not finite after an fp16 overflow, is not) is a 0-d flag on the device; the second pass
+always runs, and where the flag is off it runs unperturbed on a weight-0 batch, adding nothing.
+Deciding on the host instead would make it wait for the GPU's queue on every micro-batch.
+
 Under DistributedDataParallel the clean pass runs inside `no_sync()`, so a window still costs one
 all-reduce, started by the last micro-batch's adversarial backward and covering every gradient of
-the window (clean and adversarial). Every rank must take part in it: a rank with nothing to perturb
-(a weight-0 placeholder batch has a zero gradient) runs its second pass on a weight-0 batch instead.
+the window (clean and adversarial). Every rank takes part in it, a rank with nothing to perturb (a
+weight-0 placeholder batch has a zero gradient) through that weight-0 pass.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Callable, ContextManager
 
 import torch
@@ -36,8 +40,9 @@ class FGM:
     not `.grad`, which also holds the window's earlier micro-batches: each micro-batch gets the
     perturbation it would get as a batch of its own, whatever its place in the window and the number
     of micro-batches (the norm of a mixed gradient spreads epsilon over rows this batch never uses).
-    g carries the GradScaler's scale; r does not depend on it. When g is missing, zero or not finite
-    (an fp16 overflow: the scaler skips that step anyway) the adversarial pass is skipped.
+    g carries the GradScaler's scale; r does not depend on it. When g is zero or not finite (an fp16
+    overflow: the scaler skips that step anyway) the adversarial pass adds nothing; when the embeddings
+    get no gradient at all (frozen), there is none.
     """
 
     def __init__(self, inner: BatchObjective, epsilon: float) -> None:
@@ -54,16 +59,19 @@ class FGM:
         finally:
             if handle is not None:
                 handle.remove()
-        delta = None
-        if seen:
-            grad = seen[0] if len(seen) == 1 else torch.stack(seen).sum(0)
-            norm = float(torch.linalg.vector_norm(grad))  # a host sync: whether to run the second pass
-            if math.isfinite(norm) and norm > 0:
-                delta = grad * (self.epsilon / norm)
-            del grad
+        if not seen:
+            _perturbed_backward(self.inner, model, batch, share, [], lambda originals: None, usable=None)
+            return loss
+        grad = seen[0] if len(seen) == 1 else torch.stack(seen).sum(0)
         seen.clear()
-        _perturbed_backward(self.inner, model, batch, share, [weight] if delta is not None else [],
-                            lambda originals: weight.add_(delta))
+        norm = torch.linalg.vector_norm(grad)
+        usable = torch.isfinite(norm) & (norm > 0)
+        scale = torch.where(usable, self.epsilon / norm, 0.0)
+        # an unusable g may hold inf or NaN, which times 0 is NaN: its delta is exactly 0 instead
+        delta = _finite_or_zero(grad).mul_(scale)
+        del grad
+        _perturbed_backward(self.inner, model, batch, share, [weight], lambda originals: weight.add_(delta),
+                            usable)
         return loss
 
 
@@ -91,35 +99,39 @@ class AWP:
             loss = self.inner.backward(model, batch, share)
         params = [p for p in model.parameters()
                   if p.requires_grad and p.ndim >= 2 and p.grad is not None and not p.grad.is_sparse]
-        steps: list[float] = []
-        if params:
-            norms = torch.stack([torch.linalg.vector_norm(t) for p in params for t in (p.detach(), p.grad)])
-            pairs = norms.view(-1, 2).tolist()  # one host sync for every tensor
-            if all(math.isfinite(g) for _, g in pairs):
-                steps = [self.lr * w / g if w > 0 and g > 0 else 0.0 for w, g in pairs]
-        moved = [p for p, step in zip(params, steps) if step]
-        scales = [step for step in steps if step]
+        if not params:
+            _perturbed_backward(self.inner, model, batch, share, [], lambda originals: None, usable=None)
+            return loss
+        weight_norms, grad_norms = torch.stack(
+            [torch.linalg.vector_norm(t) for p in params for t in (p.detach(), p.grad)]).view(-1, 2).unbind(1)
+        movable = torch.isfinite(grad_norms).all() & (weight_norms > 0) & (grad_norms > 0)
+        steps = torch.where(movable, self.lr * weight_norms / grad_norms, 0.0)  # 0: this weight stays
 
         def move(originals: list[torch.Tensor]) -> None:
-            for p, original, scale in zip(moved, originals, scales):
+            for p, original, step in zip(params, originals, steps.unbind()):
                 bound = original.abs().mul_(self.eps)
-                p.add_((p.grad * scale).clamp_(min=-bound, max=bound))
+                p.add_(_finite_or_zero(p.grad).mul_(step).clamp_(min=-bound, max=bound))
 
-        _perturbed_backward(self.inner, model, batch, share, moved, move)
+        _perturbed_backward(self.inner, model, batch, share, params, move, movable.any())
         return loss
 
 
 def _perturbed_backward(inner: BatchObjective, model: torch.nn.Module, batch: dict[str, torch.Tensor],
                         share: WindowShare, params: list[torch.nn.Parameter],
-                        perturb: Callable[[list[torch.Tensor]], None]) -> None:
-    """The inner objective's backward after `perturb(copies of params)` moved `params`; then every
-    one of them is copied back from its copy, even when the pass raises."""
-    ddp = _ddp(model)
-    if not params:
+                        perturb: Callable[[list[torch.Tensor]], None], usable: torch.Tensor | None) -> None:
+    """The inner objective's backward after `perturb(copies of params)` moved `params`, at the batch's
+    weight where the 0-d flag `usable` is set and at weight 0 elsewhere (`perturb` then moves nothing);
+    then every one of them is copied back from its copy, even when the pass raises.
+
+    `usable=None`: there is nothing to perturb, known on the host (no gradient reached the weights),
+    and the pass runs only where DDP needs this rank in the window's all-reduce."""
+    if usable is None:
+        ddp = _ddp(model)
         if ddp is not None and ddp.require_backward_grad_sync:
             # the other ranks' adversarial backward starts the window's all-reduce: join it with nothing
             inner.backward(model, {**batch, "weight": batch.get("weight", 1.0) * 0.0}, share)
         return
+    weight = torch.where(usable, torch.as_tensor(batch.get("weight", 1.0), device=usable.device), 0.0)
     originals = [p.detach().clone() for p in params]
     try:
         with torch.no_grad():
@@ -127,12 +139,17 @@ def _perturbed_backward(inner: BatchObjective, model: torch.nn.Module, batch: di
         # inside an enclosing autocast the bf16/fp16 copies of the weights are cached and would not
         # see the perturbation (nor, afterwards, the restore)
         torch.clear_autocast_cache()
-        inner.backward(model, batch, share)
+        inner.backward(model, {**batch, "weight": weight}, share)
     finally:
         with torch.no_grad():
             for p, original in zip(params, originals):
                 p.copy_(original)
         torch.clear_autocast_cache()
+
+
+def _finite_or_zero(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy with every inf and NaN set to 0 (on a finite tensor, the tensor's values)."""
+    return torch.nan_to_num(tensor, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _ddp(model: torch.nn.Module) -> DistributedDataParallel | None:
