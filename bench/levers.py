@@ -36,6 +36,8 @@ first row (what the product does today). What each lever changes:
   fp32 only: the fast path does not run under autocast.
 - cls: the whole model against its last layer computed at [CLS] only (lib.model.cls_only), in
   training (our step runs it: the baseline of every other training lever) and in prediction.
+- ema: training steps with an EMA of the weights after each (lib.loop.averaging: one multi-tensor
+  lerp) against a lerp per tensor (the product's update before 2026-12-03) and no EMA at all.
 - fixed: what a step costs that does not grow with the batch: the same steps on batches cut to one
   row of 4 tokens, whole and without the optimizer step: host work plus the kernels sized by the
   weights, an upper bound on the host work (no profiler, whose own cost would count).
@@ -79,6 +81,7 @@ from lib.finetune.evaluate import predict_logits
 from lib.finetune.losses import FocalLoss
 from lib.finetune.prepare import prepare_new
 from lib.data.mlm import IGNORE_INDEX, DynamicMasker, collate_mlm, masking_generator, pack_sequences
+from lib.loop.averaging import EMA
 from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
 from lib.model.attention import INTEGER_DROPOUT_ATTENTION
 from lib.model.mlm import MaskedPositions
@@ -89,7 +92,7 @@ from lib.model.step_kernels import TrainingKernels
 from bench.throughput import _Parser
 
 LEVERS = ("order", "grouping", "loss", "gradnorm", "dropout", "attention", "mlm-attention", "compile", "predict-compile",
-          "predict-precision", "predict-batching", "native-layer", "cls", "fixed")
+          "predict-precision", "predict-batching", "native-layer", "cls", "ema", "fixed")
 WARMUP_STEPS = 3  # steps before timing: first-shape kernels and allocator warm-up
 
 
@@ -475,6 +478,37 @@ def cls_lever(bench: Bench) -> None:
                        "prediction, last layer at [CLS] only (ours)": classifier_logits})
 
 
+class PerTensorEMA(EMA):
+    """The same average, updated with a lerp per tensor: a kernel launch and its Python each."""
+
+    @torch.no_grad()
+    def after_step(self, model: PreTrainedModel, step: int) -> None:
+        if self._average is None:
+            self._average = copy.deepcopy(model).float().eval().requires_grad_(False)
+        decay = self.decay_at(self.updates)
+        for averaged, value in zip([*self._average.parameters(), *self._average.buffers()],
+                                   [*model.parameters(), *model.buffers()]):
+            if averaged.is_floating_point():
+                averaged.lerp_(value.detach().float(), 1.0 - decay)
+            else:
+                averaged.copy_(value)
+        self.updates += 1
+
+
+def ema_lever(bench: Bench) -> None:
+    def with_ema(make: Callable[[], EMA] | None) -> float:
+        model = bench.fresh_model()
+        if make is None:
+            return _train_seconds(bench, model=model)
+        average = make()
+        return _train_seconds(bench, model=model, after_step=lambda norm: average.after_step(model, 0))
+
+    seconds = _fastest({"EMA, one multi-tensor lerp (ours)": lambda: with_ema(lambda: EMA(0.999)),
+                        "EMA, a lerp per tensor": lambda: with_ema(lambda: PerTensorEMA(0.999)),
+                        "no EMA": lambda: with_ema(None)}, bench.args.repeats)
+    _report(seconds, _timed_rows(bench), "samples")
+
+
 def fixed_lever(bench: Bench) -> None:
     """A step's cost that does not grow with the batch: the same steps on each batch cut to its first
     row and 4 tokens. What is left is host work (the loop, the model's Python, the autograd engine,
@@ -612,7 +646,8 @@ MEASURES: dict[str, Callable[[Bench], None]] = {
     "dropout": dropout_lever, "attention": attention_lever, "mlm-attention": mlm_attention_lever,
     "compile": compile_lever, "predict-compile": predict_compile_lever,
     "predict-precision": predict_precision_lever, "predict-batching": predict_batching_lever,
-    "native-layer": native_layer_lever, "cls": cls_lever, "fixed": fixed_lever,
+    "native-layer": native_layer_lever, "cls": cls_lever, "ema": ema_lever,
+    "fixed": fixed_lever,
 }
 
 if __name__ == "__main__":

@@ -51,12 +51,12 @@ def test_grouping_with_no_megabatch_is_the_plain_shuffled_order():
 def test_the_script_measures_its_levers_on_a_small_file(toy_data, capsys):
     argv = ["--quick", "--train-file", str(toy_data["train"]), "--val-size", "0.2", "--rows", "300",
             "--batch-size", "4", "--token-budgets", "512",
-            "--levers", "order,dropout,mlm-attention,predict-precision,predict-batching,native-layer,cls,fixed"]
+            "--levers", "order,dropout,mlm-attention,predict-precision,predict-batching,native-layer,cls,ema,fixed"]
     assert run_cli(levers.main, argv) == 0
     printed = capsys.readouterr().out
     for line in ("shuffled batch order (ours)", "masks from rand_like >= p", "bf16 weights", "or 512 tokens",
                  "nn.TransformerEncoderLayer, nested tensors", "training, last layer at [CLS] only (ours)",
-                 "pretraining, eager"):
+                 "pretraining, eager", "EMA, a lerp per tensor"):
         assert line in printed
     assert "argmax agrees with fp32 on 1.0000" in printed  # fp32 against itself
     assert re.search(r"whole steps, real batches \(ours\) +[\d.]+ ms/step +100\.0% of a real step", printed)
@@ -78,3 +78,16 @@ def test_pytorchs_own_encoder_layers_with_the_models_weights_compute_its_hidden_
             hidden = hidden.to_padded_tensor(0.0, expected.shape)
     real = mask.bool()
     torch.testing.assert_close(hidden[real], expected[real], rtol=1e-5, atol=1e-5)
+
+
+def test_the_per_tensor_ema_of_the_ema_lever_is_the_products_average():
+    model, other = tiny_bert(layers=2), tiny_bert(layers=2)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn_like(p))
+    ours, per_tensor = levers.EMA(0.9), levers.PerTensorEMA(0.9)
+    for weights in (model, other, model):
+        ours.after_step(weights, 0)
+        per_tensor.after_step(weights, 0)
+    for a, b in zip(ours.averaged().state_dict().values(), per_tensor.averaged().state_dict().values()):
+        assert torch.equal(a, b)
