@@ -10,6 +10,7 @@ import pytest
 from bench import throughput
 from bench.throughput import _UntilLoss
 from lib.core.cli import run_cli
+from tests.ranks import frozen_garbage
 
 PRINTED = 5e-5  # the target loss is read from the output, rounded to 4 decimals
 
@@ -34,7 +35,7 @@ def test_the_stop_rule_still_tells_the_step_clock_an_evaluation_came_before_the_
 
 def _forked(function, *args, **kwargs):
     """The bench's one process per side, forked: a spawned one spends seconds importing torch again."""
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
+    with frozen_garbage(), ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
         return pool.submit(function, *args, **kwargs).result()
 
 
