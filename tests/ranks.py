@@ -2,7 +2,8 @@
 
 Forking skips what a spawned process pays before its first step: importing torch, transformers and
 the trainer again (seconds per rank on 2 cores). Each rank sets one intra-op thread before any torch
-work, so no OpenMP pool inherited from the parent is entered in the child."""
+work, so no OpenMP pool inherited from the parent is entered in the child. Every fork of the tests
+goes through `frozen_garbage`, so what the parent left for its garbage collector stays the parent's."""
 
 import contextlib
 import gc

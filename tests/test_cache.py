@@ -5,6 +5,7 @@ from pathlib import Path
 
 from lib.core.cache import DiskCache
 from lib.data.batching import load_ids, save_ids, tokenize, trailing_special_tokens, truncate
+from tests.ranks import frozen_garbage
 
 
 def _build_counter(calls: list, value: str):
@@ -60,8 +61,9 @@ def test_concurrent_writers_agree_on_one_entry(tmp_path):
     context = multiprocessing.get_context("fork")  # the workers use no torch, so fork is safe and quick
     queue = context.Queue()
     workers = [context.Process(target=_worker, args=(str(tmp_path), queue)) for _ in range(3)]
-    for w in workers:
-        w.start()
+    with frozen_garbage():
+        for w in workers:
+            w.start()
     for w in workers:
         w.join(60)
     values = [queue.get(timeout=5) for _ in workers]
