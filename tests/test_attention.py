@@ -1,31 +1,41 @@
-"""On a CPU, training steps run our eager attention (integer-mask dropout) and everything else the model's SDPA."""
+"""On a CPU, training steps run our eager attention (integer-mask dropout) and everything else the model's SDPA;
+on CUDA they run SDPA with a mask that needs no host read."""
 
 import copy
+import traceback
 
+import numpy as np
 import pytest
 import torch
 
 from lib.finetune import trainer
 from lib.finetune.trainer import train_new
-from lib.model.attention import (INTEGER_DROPOUT_ATTENTION, attention_implementation, shares_one_config,
-                                 training_attention)
+from lib.data.batching import collate
+from lib.finetune.losses import FocalLoss
+from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
+from lib.model.attention import (INTEGER_DROPOUT_ATTENTION, SDPA_WITHOUT_MASK_CHECK, attention_implementation,
+                                 shares_one_config, training_attention)
 from lib.model.dropout import plain_dropouts
 from lib.model.step_kernels import TrainingKernels
 from tests.conftest import tiny_config
-from tests.tiny_encoders import tiny_bert, tiny_classifier
+from tests.tiny_encoders import random_encoded, tiny_bert, tiny_classifier
 
 
 def test_a_cpu_model_trains_with_our_eager_kernel_where_it_dispatches_through_the_attention_interface():
     model = tiny_bert()
     assert model.config._attn_implementation == "sdpa"
     assert training_attention(model, torch.device("cpu")) == INTEGER_DROPOUT_ATTENTION
-    assert training_attention(model, torch.device("cuda", 0)) is None
+    assert training_attention(model, torch.device("cuda", 0)) == SDPA_WITHOUT_MASK_CHECK
+    assert training_attention(model, torch.device("cuda", 0), compiled=True) is None  # a traced mask is not read
+    assert training_attention(model, torch.device("mps")) is None
     assert training_attention(model, torch.device("cpu"), compiled=True) == "eager"  # torch's dropout compiles
     model.set_attn_implementation("eager")
     assert training_attention(model, torch.device("cpu")) == INTEGER_DROPOUT_ATTENTION
+    assert training_attention(model, torch.device("cuda", 0)) is None  # eager on CUDA asked for: kept
     model.set_attn_implementation("sdpa")
     model._supports_attention_backend = False  # a family with SDPA but its own attention classes
     assert training_attention(model, torch.device("cpu")) == "eager"
+    assert training_attention(model, torch.device("cuda", 0)) is None
     assert training_attention(tiny_classifier("deberta-v2"), torch.device("cpu")) is None  # eager, its own
 
 
@@ -50,8 +60,8 @@ def _calls_of(monkeypatch, model, name):
 
 
 @pytest.mark.parametrize("one_config", [False, True])
-@pytest.mark.parametrize("implementation", ["eager", INTEGER_DROPOUT_ATTENTION])
-def test_eager_attention_computes_what_sdpa_does_and_the_model_gets_its_own_back(implementation, one_config,
+@pytest.mark.parametrize("implementation", ["eager", INTEGER_DROPOUT_ATTENTION, SDPA_WITHOUT_MASK_CHECK])
+def test_each_kernel_computes_what_sdpa_does_and_the_model_gets_its_own_back(implementation, one_config,
                                                                                   monkeypatch):
     model = tiny_bert(layers=2).eval()
     walks = _calls_of(monkeypatch, model, "set_attn_implementation")
@@ -78,7 +88,8 @@ def test_the_steps_kernels_are_looked_up_once_per_model():
     assert kernels == TrainingKernels(model, INTEGER_DROPOUT_ATTENTION, plain_dropouts(model), one_config=True)
     assert len(kernels.dropouts) == 2 * 3 + 2  # 3 a layer (attention probabilities, its output, feed-forward),
     # the embeddings' and the classifier's
-    assert TrainingKernels.choose(model, torch.device("cuda", 0)) == TrainingKernels(model, one_config=True)
+    assert TrainingKernels.choose(model, torch.device("cuda", 0)) == TrainingKernels(model, SDPA_WITHOUT_MASK_CHECK,
+                                                                                     one_config=True)
     compiled = TrainingKernels.choose(model, torch.device("cpu"), compiled=True)
     assert (compiled.attention, compiled.dropouts) == ("eager", ())
 
@@ -110,3 +121,41 @@ def test_a_cpu_run_trains_with_our_kernel_and_dropout_and_evaluates_with_sdpa(to
     run = train_new(tiny_config(toy_data, tmp_path, num_train_epochs=1.0))
     assert seen == {"train": {(INTEGER_DROPOUT_ATTENTION, True)}, "eval": {("sdpa", False)}}
     assert "_attn_implementation" not in (run.path / "best" / "config.json").read_text()
+
+
+def _fail_on_host_reads(reads):
+    for method in ("item", "__bool__", "__float__", "__int__", "tolist"):
+        reads.setattr(torch.Tensor, method, lambda *args, name=method: pytest.fail(
+            f"host read: {name}\n" + "".join(traceback.format_stack(limit=6))))
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_a_training_step_with_the_unchecked_sdpa_mask_reads_nothing_back_and_gets_sdpas_gradients(padded, monkeypatch):
+    """What a CUDA step runs, on the CPU: transformers' own SDPA asks `bool(padding_mask.all())` at
+    every forward (a host sync on a GPU); with the mask always built, a whole step (forward, loss,
+    backward, clipping, fused AdamW) reads no tensor value on the host, and computes the same."""
+    rows = np.arange(11)
+    batch = collate(random_encoded(), rows)
+    if not padded:  # every position a real token: the mask transformers would have left out
+        batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
+    assert bool((batch["attention_mask"] == 0).any()) == padded
+
+    def step(model, reads=None):
+        parameters = list(model.parameters())
+        optimizer = torch.optim.AdamW(parameters, lr=1e-2, fused=True)
+        share = WindowShare(len(rows), torch.amp.GradScaler("cpu", enabled=False))
+        objective = ClassifierObjective(FocalLoss(3, gamma=1.0), "fp32", torch.device("cpu"))
+        with monkeypatch.context() as patch:
+            if reads:
+                _fail_on_host_reads(patch)
+            with TrainingKernels.of(model, SDPA_WITHOUT_MASK_CHECK if reads else None, False).step():
+                accumulate_window(model, [batch], objective, share)
+                optimizer_step(parameters, optimizer, share.scaler, max_grad_norm=1.0)
+        return model
+
+    reference = tiny_bert(layers=2, dropout=0.0)
+    unchecked = step(copy.deepcopy(reference), reads=True)
+    step(reference)
+    assert reference.config._attn_implementation == unchecked.config._attn_implementation == "sdpa"
+    for (name, p), q in zip(reference.named_parameters(), unchecked.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)

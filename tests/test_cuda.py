@@ -1,5 +1,5 @@
-"""The CUDA paths for real: AMP training in fp16 (with its GradScaler) and bf16, an fp16 step without a host
-sync, prediction on the GPU (eager and compiled) against the CPU's, and page-locked batch copies. Skipped without a GPU; scripts/gpu_check.sh
+"""The CUDA paths for real: AMP training in fp16 (with its GradScaler) and bf16, an fp16 step and a BERT
+training step without a host sync, prediction on the GPU (eager and compiled) against the CPU's, and page-locked batch copies. Skipped without a GPU; scripts/gpu_check.sh
 runs them where one is lent."""
 
 import json
@@ -12,11 +12,16 @@ import torch
 import predict
 from lib.core.cli import run_cli
 from lib.core.device import to_device
+from lib.data.batching import collate
+from lib.finetune.losses import FocalLoss
+from lib.model.attention import SDPA_WITHOUT_MASK_CHECK
+from lib.model.step_kernels import TrainingKernels
 from lib.finetune.trainer import resume, train_new
-from lib.loop.step import AppliedSteps, optimizer_step
+from lib.loop.step import AppliedSteps, ClassifierObjective, WindowShare, accumulate_window, optimizer_step
 from lib.loop.state import load_state
 from lib.loop.stop import TrainingInterrupted
 from tests.conftest import StopAtStep, tiny_config
+from tests.tiny_encoders import random_encoded, tiny_bert
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -95,3 +100,29 @@ def test_batches_bound_for_the_gpu_are_page_locked_before_the_copy(monkeypatch):
     again = to_device(batch.pin_memory(), torch.device("cuda"))  # already page-locked: no second copy
     assert len(pinned) == 2 and on_gpu.device.type == again.device.type == "cuda"
     assert to_device(on_gpu, torch.device("cuda")) is on_gpu and len(pinned) == 2  # on the GPU already
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_bert_training_step_on_cuda_never_makes_the_host_wait_for_the_gpu(precision):
+    """The kernels a CUDA run's steps choose (SDPA with its mask always built): a whole step, page-locked
+    batch copy, forward, loss, backward, unscale, clipping and fused AdamW, under the sync debug mode."""
+    cuda = torch.device("cuda")
+    model = tiny_bert(layers=2).to(cuda)
+    kernels = TrainingKernels.choose(model, cuda)
+    assert kernels.attention == SDPA_WITHOUT_MASK_CHECK
+    parameters = list(model.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=1e-3, fused=True)
+    share = WindowShare(11, torch.amp.GradScaler("cuda", enabled=precision == "fp16"))
+    objective = ClassifierObjective(FocalLoss(3), precision, cuda)
+    batch = collate(random_encoded(), np.arange(11))
+    applied = AppliedSteps()
+    for checked in (False, True):  # the first step creates the library handles
+        if checked:
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            with kernels.step():
+                accumulate_window(model, [batch], objective, share)
+            applied.add(optimizer_step(parameters, optimizer, share.scaler, max_grad_norm=1.0))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert applied.settle() in (1, 2)

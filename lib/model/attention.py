@@ -11,8 +11,14 @@ config keep SDPA. Where every sub-model reads the top config (a classifier, a ma
 switch sets that config's field: 20 µs there and back on scratch:tiny, against 97 µs through
 transformers' `set_attn_implementation`, which walks every module and which the others go through.
 
-Importing this module registers that kernel, and the eager (additive) mask it reads, under its
-name in transformers' attention and mask registries; nothing else in them changes.
+On CUDA the training steps of an SDPA model keep SDPA but always build its mask,
+`SDPA_WITHOUT_MASK_CHECK`: transformers first asks whether the padding mask is all ones, to leave it
+out, and that `bool()` makes the host wait for the GPU's whole queue at every forward (it is the one
+host read of a BERT training step). Batch widths on CUDA are multiples of 8, so a batch without any
+padding, where leaving the mask out would let SDPA pick its flash kernel, is rare.
+
+Importing this module registers those two kernels, and the masks they read, under their names in
+transformers' attention and mask registries; nothing else in them changes.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from typing import Iterator
 
 import torch
 from transformers import AttentionInterface, PreTrainedModel
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 from lib.model.dropout import integer_dropout, integer_dropout_applies
 
 INTEGER_DROPOUT_ATTENTION = "eager_integer_dropout"
+SDPA_WITHOUT_MASK_CHECK = "sdpa_without_mask_check"
 
 
 def _eager_integer_dropout(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -47,13 +55,28 @@ AttentionInterface.register(INTEGER_DROPOUT_ATTENTION, _eager_integer_dropout)
 AttentionMaskInterface.register(INTEGER_DROPOUT_ATTENTION, eager_mask)
 
 
+def _sdpa_mask_always_built(*args, **kwargs) -> torch.Tensor | None:
+    """transformers' SDPA mask without its check whether the padding mask could be left out."""
+    return sdpa_mask(*args, **{**kwargs, "allow_is_bidirectional_skip": False})
+
+
+AttentionInterface.register(SDPA_WITHOUT_MASK_CHECK, sdpa_attention_forward)
+AttentionMaskInterface.register(SDPA_WITHOUT_MASK_CHECK, _sdpa_mask_always_built)
+
+
 def training_attention(model: PreTrainedModel, device: torch.device, compiled: bool = False) -> str | None:
     """The attention implementation training steps should use, or None to leave the model's own.
 
-    Under torch.compile the integer-mask dropout is not used (`lib.model.dropout.integer_dropout_applies`).
+    Under torch.compile the integer-mask dropout is not used (`lib.model.dropout.integer_dropout_applies`),
+    nor on CUDA the unchecked SDPA mask.
     """
     own = model.config._attn_implementation
-    if device.type != "cpu" or own not in ("sdpa", "eager") or not model._can_set_attn_implementation():
+    if own not in ("sdpa", "eager") or not model._can_set_attn_implementation():
+        return None
+    if device.type == "cuda":  # compiled, transformers skips the check itself: a traced mask is not read
+        unchecked = own == "sdpa" and getattr(model, "_supports_attention_backend", False) and not compiled
+        return SDPA_WITHOUT_MASK_CHECK if unchecked else None
+    if device.type != "cpu":
         return None
     if integer_dropout_applies(device, compiled) and getattr(model, "_supports_attention_backend", False):
         return INTEGER_DROPOUT_ATTENTION

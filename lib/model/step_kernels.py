@@ -1,4 +1,5 @@
-"""The kernels a model's training steps switch to: on a CPU, our eager attention and integer dropout.
+"""The kernels a model's training steps switch to: on a CPU, our eager attention and integer dropout;
+on CUDA, SDPA with a mask that needs no host read.
 
 Fine-tuning, pretraining and bench/levers.py choose once per run (`TrainingKernels.choose`) and run
 every step's forwards and backwards inside `step()`; evaluation, prediction and saving see the
@@ -17,7 +18,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from lib.model.attention import attention_implementation, shares_one_config, training_attention
+from lib.model.attention import (SDPA_WITHOUT_MASK_CHECK, attention_implementation, shares_one_config,
+                                 training_attention)
 from lib.model.dropout import integer_dropout_applies, integer_dropout_forwards, plain_dropouts
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,10 @@ class TrainingKernels:
 
     def log_choice(self) -> None:
         """Say in the run's log what the steps switch to (nothing when they keep the model's own)."""
-        if self.attention:
+        if self.attention == SDPA_WITHOUT_MASK_CHECK:
+            log.info("attention: sdpa in training steps with its mask always built (transformers' check "
+                     "whether to leave it out would make the host wait for the GPU at every forward)")
+        elif self.attention:
             log.info("attention: %s in training steps on the CPU (measured faster), %s for evaluation",
                      self.attention, self.model.config._attn_implementation)
         if self.dropouts:
