@@ -2,7 +2,6 @@
 the perturbation is the documented one, and every weight comes back bit-exactly."""
 
 import copy
-import traceback
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from lib.finetune.losses import FocalLoss
 from lib.loop import adversarial
 from lib.loop.adversarial import AWP, FGM
 from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
+from tests.host_reads import fail_on_host_reads
 from tests.tiny_encoders import random_encoded, tiny_bert
 
 CPU = torch.device("cpu")
@@ -242,22 +242,6 @@ def test_a_zero_or_not_finite_gradient_adds_nothing_and_moves_nothing(kind, weig
     assert weight == 0.0 or any(not g.isfinite().all() for g in got.values())
 
 
-def _fail_on_reads_by(module_file, reads):
-    """Make every read of a tensor's value on the host fail when `module_file` asked for it, directly or
-    through torch; reads inside the model's forward (transformers checks whether an attention mask can
-    be skipped) are the model's, which the plain step pays too."""
-    for method in ("item", "__bool__", "__float__", "__int__", "tolist"):
-        original = getattr(torch.Tensor, method)
-
-        def read(*args, name=method, original=original):
-            files = [frame.filename for frame in traceback.extract_stack()]
-            if module_file in files and not any("/transformers/" in file for file in files):
-                pytest.fail(f"host read: {name}")
-            return original(*args)
-
-        reads.setattr(torch.Tensor, method, read)
-
-
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("kind", ["fgm", "awp"])
 def test_an_adversarial_window_reads_nothing_back_from_the_device(kind, precision, monkeypatch):
@@ -268,7 +252,7 @@ def test_an_adversarial_window_reads_nothing_back_from_the_device(kind, precisio
     batches = _split(random_encoded(), [6, 5])
     expected, _ = _backward(model, objective, batches, 11)
     with monkeypatch.context() as reads:
-        _fail_on_reads_by(adversarial.__file__, reads)
+        fail_on_host_reads(reads, asked_by=adversarial.__file__)
         got, _ = _backward(model, objective, batches, 11)
     _assert_all_close(got, expected, rtol=0, atol=0)
 

@@ -2,7 +2,6 @@
 on CUDA they run SDPA with a mask that needs no host read."""
 
 import copy
-import traceback
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from lib.model.attention import (INTEGER_DROPOUT_ATTENTION, SDPA_WITHOUT_MASK_CH
 from lib.model.dropout import plain_dropouts
 from lib.model.step_kernels import TrainingKernels
 from tests.conftest import tiny_config
+from tests.host_reads import fail_on_host_reads
 from tests.tiny_encoders import random_encoded, tiny_bert, tiny_classifier
 
 
@@ -123,12 +123,6 @@ def test_a_cpu_run_trains_with_our_kernel_and_dropout_and_evaluates_with_sdpa(to
     assert "_attn_implementation" not in (run.path / "best" / "config.json").read_text()
 
 
-def _fail_on_host_reads(reads):
-    for method in ("item", "__bool__", "__float__", "__int__", "tolist"):
-        reads.setattr(torch.Tensor, method, lambda *args, name=method: pytest.fail(
-            f"host read: {name}\n" + "".join(traceback.format_stack(limit=6))))
-
-
 @pytest.mark.parametrize("padded", [True, False])
 def test_a_training_step_with_the_unchecked_sdpa_mask_reads_nothing_back_and_gets_sdpas_gradients(padded, monkeypatch):
     """What a CUDA step runs, on the CPU: transformers' own SDPA asks `bool(padding_mask.all())` at
@@ -147,7 +141,7 @@ def test_a_training_step_with_the_unchecked_sdpa_mask_reads_nothing_back_and_get
         objective = ClassifierObjective(FocalLoss(3, gamma=1.0), "fp32", torch.device("cpu"))
         with monkeypatch.context() as patch:
             if reads:
-                _fail_on_host_reads(patch)
+                fail_on_host_reads(patch)
             with TrainingKernels.of(model, SDPA_WITHOUT_MASK_CHECK if reads else None, False).step():
                 accumulate_window(model, [batch], objective, share)
                 optimizer_step(parameters, optimizer, share.scaler, max_grad_norm=1.0)

@@ -17,6 +17,7 @@ from lib.loop.step import (AppliedSteps, ClassifierObjective, StepOutcome, Windo
                            optimizer_step)
 from lib.loop.stop import TrainingInterrupted
 from tests.conftest import StopAtStep, tiny_config
+from tests.host_reads import fail_on_host_reads
 from tests.tiny_encoders import random_encoded, tiny_bert
 
 
@@ -125,8 +126,7 @@ def test_an_fp16_step_with_fused_adamw_reads_nothing_back_from_the_device(monkey
         if overflow:
             model.bias.grad[0] = math.nan
         with monkeypatch.context() as reads:
-            for method in ("item", "__bool__", "__float__", "__int__", "tolist"):
-                reads.setattr(torch.Tensor, method, lambda *args, name=method: pytest.fail(f"host read: {name}"))
+            fail_on_host_reads(reads)
             reads.setattr(torch.amp.GradScaler, "get_scale", lambda self: pytest.fail("host read: get_scale"))
             applied.add(optimizer_step(list(model.parameters()), optimizer, scaler, max_grad_norm=1.0))
         if overflow:
