@@ -12,8 +12,9 @@ from lib.finetune.trainer import train_new
 from lib.data.batching import collate
 from lib.finetune.losses import FocalLoss
 from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
+from lib.finetune import evaluate
 from lib.model.attention import (INTEGER_DROPOUT_ATTENTION, SDPA_WITHOUT_MASK_CHECK, attention_implementation,
-                                 shares_one_config, training_attention)
+                                 shares_one_config, training_attention, unchecked_attention)
 from lib.model.dropout import plain_dropouts
 from lib.model.step_kernels import TrainingKernels
 from tests.conftest import tiny_config
@@ -153,3 +154,30 @@ def test_a_training_step_with_the_unchecked_sdpa_mask_reads_nothing_back_and_get
     assert reference.config._attn_implementation == unchecked.config._attn_implementation == "sdpa"
     for (name, p), q in zip(reference.named_parameters(), unchecked.parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_eager_prediction_on_cuda_runs_the_unchecked_mask_and_a_compiled_one_its_own():
+    model = tiny_bert()
+    assert unchecked_attention(model, torch.device("cuda", 0)) == SDPA_WITHOUT_MASK_CHECK
+    assert unchecked_attention(model, torch.device("cpu")) is None
+    model.set_attn_implementation("eager")
+    assert unchecked_attention(model, torch.device("cuda", 0)) is None
+
+
+def test_a_prediction_with_the_unchecked_mask_reads_nothing_back_in_its_batches(monkeypatch):
+    """predict_logits as on CUDA (the choice faked on the CPU): the batches' forwards read no tensor value,
+    the logits are SDPA's, and the model has its own attention back afterwards."""
+    model = tiny_bert(layers=2)
+    data = random_encoded()
+    expected = evaluate.predict_logits(model, data, 4, "fp32", torch.device("cpu"), "eval", False)
+    seen = []
+    forward = evaluate.classifier_logits
+    monkeypatch.setattr(evaluate, "unchecked_attention", lambda model, device: SDPA_WITHOUT_MASK_CHECK)
+    monkeypatch.setattr(evaluate, "classifier_logits", lambda model, *args: seen.append(
+        model.config._attn_implementation) or forward(model, *args))
+    with monkeypatch.context() as patch:
+        fail_on_host_reads(patch)
+        got = evaluate.predict_logits(model, data, 4, "fp32", torch.device("cpu"), "eval", False)
+    assert set(seen) == {SDPA_WITHOUT_MASK_CHECK} and len(seen) == 3
+    assert model.config._attn_implementation == "sdpa"
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

@@ -12,6 +12,7 @@ from lib.core.device import autocast, to_device
 from lib.core.distributed import Distributed
 from lib.core.progress import progress_bar
 from lib.data.batching import EncodedTexts, collate, prediction_token_budget, sorted_batches
+from lib.model.attention import attention_implementation, shares_one_config, unchecked_attention
 from lib.model.cls_only import classifier_logits
 from lib.model.compiled import frozen_classifier
 
@@ -24,7 +25,9 @@ def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, 
 
     `part=(k, n)` computes only every n-th length-sorted batch starting at k (one process's share
     of a distributed evaluation); the other rows are left as NaN for the caller to gather.
-    `compiled`: through `frozen_classifier` (weights that no longer change, a large file).
+    `compiled`: through `frozen_classifier` (weights that no longer change, a large file). Eager on
+    CUDA, the batches run SDPA with its mask always built (`lib.model.attention`): its check would
+    make the host wait for the GPU at every batch, and the host copies wait until the end.
     """
     was_training = model.training
     model.eval()
@@ -33,7 +36,9 @@ def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, 
     batches = sorted_batches(data.lengths, batch_size, prediction_token_budget(device))[part[0]::part[1]]
     chunks = []
     total = sum(len(rows) for rows in batches)
-    with torch.inference_mode(), progress_bar(total, desc, show_progress, unit="rows") as bar:
+    attention = None if compiled else unchecked_attention(model, device)
+    with torch.inference_mode(), progress_bar(total, desc, show_progress, unit="rows") as bar, \
+            attention_implementation(model, attention, shares_one_config(model)):
         for rows in batches:
             batch = collate(data, rows)
             with autocast(precision, device):

@@ -11,7 +11,7 @@ config keep SDPA. Where every sub-model reads the top config (a classifier, a ma
 switch sets that config's field: 20 µs there and back on scratch:tiny, against 97 µs through
 transformers' `set_attn_implementation`, which walks every module and which the others go through.
 
-On CUDA the training steps of an SDPA model keep SDPA but always build its mask,
+On CUDA the training steps and eager predictions of an SDPA model keep SDPA but always build its mask,
 `SDPA_WITHOUT_MASK_CHECK`: transformers first asks whether the padding mask is all ones, to leave it
 out, and that `bool()` makes the host wait for the GPU's whole queue at every forward (it is the one
 host read of a BERT training step). Batch widths on CUDA are multiples of 8, so a batch without any
@@ -73,14 +73,19 @@ def training_attention(model: PreTrainedModel, device: torch.device, compiled: b
     own = model.config._attn_implementation
     if own not in ("sdpa", "eager") or not model._can_set_attn_implementation():
         return None
-    if device.type == "cuda":  # compiled, transformers skips the check itself: a traced mask is not read
-        unchecked = own == "sdpa" and getattr(model, "_supports_attention_backend", False) and not compiled
-        return SDPA_WITHOUT_MASK_CHECK if unchecked else None
-    if device.type != "cpu":
-        return None
+    if device.type != "cpu":  # compiled, transformers skips the check itself: a traced mask is not read
+        return None if compiled else unchecked_attention(model, device)
     if integer_dropout_applies(device, compiled) and getattr(model, "_supports_attention_backend", False):
         return INTEGER_DROPOUT_ATTENTION
     return "eager" if own == "sdpa" else None
+
+
+def unchecked_attention(model: PreTrainedModel, device: torch.device) -> str | None:
+    """`SDPA_WITHOUT_MASK_CHECK` for an SDPA model on CUDA that dispatches through transformers'
+    attention interface (eager forwards, training or not), else None: the model's own."""
+    unchecked = (device.type == "cuda" and model.config._attn_implementation == "sdpa"
+                 and getattr(model, "_supports_attention_backend", False) and model._can_set_attn_implementation())
+    return SDPA_WITHOUT_MASK_CHECK if unchecked else None
 
 
 def shares_one_config(model: PreTrainedModel) -> bool:
