@@ -1,4 +1,4 @@
-"""Which attention kernel a model runs while it trains.
+"""Which attention kernel a model runs while it trains, and on CUDA while it predicts eagerly.
 
 On a CPU, BERT-family eager attention trained 1.02x-1.08x faster than PyTorch's SDPA, while SDPA
 predicted 1-5% faster (bench/levers.py: scratch tiny and mini, fp32 and bf16); masked-LM steps on
