@@ -38,7 +38,7 @@ def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, 
     total = sum(len(rows) for rows in batches)
     attention = None if compiled else unchecked_attention(model, device)
     with torch.inference_mode(), progress_bar(total, desc, show_progress, unit="rows") as bar, \
-            attention_implementation(model, attention, shares_one_config(model)):
+            attention_implementation(model, attention, attention is not None and shares_one_config(model)):
         for rows in batches:
             batch = collate(data, rows)
             with autocast(precision, device):

@@ -131,7 +131,7 @@ def _perturbed_backward(inner: BatchObjective, model: torch.nn.Module, batch: di
             # the other ranks' adversarial backward starts the window's all-reduce: join it with nothing
             inner.backward(model, {**batch, "weight": batch.get("weight", 1.0) * 0.0}, share)
         return
-    weight = torch.where(usable, torch.as_tensor(batch.get("weight", 1.0), device=usable.device), 0.0)
+    weight = torch.where(usable, batch.get("weight", 1.0), 0.0)  # a number goes in as a kernel argument, no copy
     originals = [p.detach().clone() for p in params]
     try:
         with torch.no_grad():
