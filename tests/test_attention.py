@@ -28,6 +28,8 @@ def test_a_cpu_model_trains_with_our_eager_kernel_where_it_dispatches_through_th
     assert training_attention(model, torch.device("cpu")) == INTEGER_DROPOUT_ATTENTION
     assert training_attention(model, torch.device("cuda", 0)) == SDPA_WITHOUT_MASK_CHECK
     assert training_attention(model, torch.device("cuda", 0), compiled=True) is None  # a traced mask is not read
+    assert training_attention(model, torch.device("cuda", 0), packed=True) is None  # pretraining: mostly unpadded
+    assert training_attention(model, torch.device("cpu"), packed=True) == INTEGER_DROPOUT_ATTENTION
     assert training_attention(model, torch.device("mps")) is None
     assert training_attention(model, torch.device("cpu"), compiled=True) == "eager"  # torch's dropout compiles
     model.set_attn_implementation("eager")

@@ -101,8 +101,11 @@ def test_a_cpu_pretraining_run_trains_with_our_eager_kernel_and_evaluates_with_s
     monkeypatch.setattr(pretrainer, "accumulate_window",
                         recorded("train", pretrainer.accumulate_window, lambda wrapped: wrapped.model))
     monkeypatch.setattr(pretrainer, "evaluate_mlm", recorded("eval", pretrainer.evaluate_mlm, lambda model: model))
+    choices, choose = [], pretrainer.TrainingKernels.choose  # packed: on CUDA, SDPA keeps its own mask check
+    monkeypatch.setattr(pretrainer.TrainingKernels, "choose",
+                        classmethod(lambda cls, *args, **kwargs: choices.append(kwargs) or choose(*args, **kwargs)))
     folder = pretrain_new(tiny_pretrain_config(corpus, tiny_init, tmp_path / "tapt", max_steps=4, eval_steps=2))
-    assert seen == {"train": {INTEGER_DROPOUT_ATTENTION}, "eval": {"sdpa"}}
+    assert seen == {"train": {INTEGER_DROPOUT_ATTENTION}, "eval": {"sdpa"}} and choices == [{"packed": True}]
     assert "_attn_implementation" not in (folder / "config.json").read_text()
 
 

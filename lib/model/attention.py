@@ -15,7 +15,8 @@ On CUDA the training steps and eager predictions of an SDPA model keep SDPA but 
 `SDPA_WITHOUT_MASK_CHECK`: transformers first asks whether the padding mask is all ones, to leave it
 out, and that `bool()` makes the host wait for the GPU's whole queue at every forward (it is the one
 host read of a BERT training step). Batch widths on CUDA are multiples of 8, so a batch without any
-padding, where leaving the mask out would let SDPA pick its flash kernel, is rare.
+padding, where leaving the mask out would let SDPA pick its flash kernel, is rare. Pretraining's
+packed sequences are the opposite, and keep transformers' check.
 
 Importing this module registers those two kernels, and the masks they read, under their names in
 transformers' attention and mask registries; nothing else in them changes.
@@ -64,17 +65,20 @@ AttentionInterface.register(SDPA_WITHOUT_MASK_CHECK, sdpa_attention_forward)
 AttentionMaskInterface.register(SDPA_WITHOUT_MASK_CHECK, _sdpa_mask_always_built)
 
 
-def training_attention(model: PreTrainedModel, device: torch.device, compiled: bool = False) -> str | None:
+def training_attention(model: PreTrainedModel, device: torch.device, compiled: bool = False,
+                       packed: bool = False) -> str | None:
     """The attention implementation training steps should use, or None to leave the model's own.
 
     Under torch.compile the integer-mask dropout is not used (`lib.model.dropout.integer_dropout_applies`),
-    nor on CUDA the unchecked SDPA mask.
+    nor on CUDA the unchecked SDPA mask. Nor is it for `packed` batches (pretraining's full-length
+    sequences): most have no padding, and there transformers' check leaves the mask out, which lets
+    SDPA choose its flash kernel.
     """
     own = model.config._attn_implementation
     if own not in ("sdpa", "eager") or not model._can_set_attn_implementation():
         return None
     if device.type != "cpu":  # compiled, transformers skips the check itself: a traced mask is not read
-        return None if compiled else unchecked_attention(model, device)
+        return None if compiled or packed else unchecked_attention(model, device)
     if integer_dropout_applies(device, compiled) and getattr(model, "_supports_attention_backend", False):
         return INTEGER_DROPOUT_ATTENTION
     return "eager" if own == "sdpa" else None

@@ -33,9 +33,12 @@ class TrainingKernels:
     one_config: bool = False  # the model's attention switches by one config field (`shares_one_config`)
 
     @classmethod
-    def choose(cls, model: PreTrainedModel, device: torch.device, compiled: bool = False) -> TrainingKernels:
-        """What the steps of `model` on `device` (under torch.compile if `compiled`) switch to."""
-        return cls.of(model, training_attention(model, device, compiled), integer_dropout_applies(device, compiled))
+    def choose(cls, model: PreTrainedModel, device: torch.device, compiled: bool = False,
+               packed: bool = False) -> TrainingKernels:
+        """What the steps of `model` on `device` (under torch.compile if `compiled`; on `packed` batches,
+        most without padding) switch to."""
+        return cls.of(model, training_attention(model, device, compiled, packed),
+                      integer_dropout_applies(device, compiled))
 
     @classmethod
     def of(cls, model: PreTrainedModel, attention: str | None, integer_dropout: bool) -> TrainingKernels:

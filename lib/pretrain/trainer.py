@@ -187,7 +187,7 @@ class Pretraining:
         self.pending_loss = torch.zeros((), device=s.device)  # summed on the device; read when logging
         self.logger = MetricsLogger(s.work, resume_step=loop.global_step or None) if s.ctx.is_main else None
         self.log_file = attach_log_file(s.work / "pretrain.log") if s.ctx.is_main else None
-        self.kernels = TrainingKernels.choose(self.model, s.device)
+        self.kernels = TrainingKernels.choose(self.model, s.device, packed=True)
         self.kernels.log_choice()
         self.bar = None
         self._windows: tuple[int, list] | None = None
