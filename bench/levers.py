@@ -30,7 +30,8 @@ first row (what the product does today). What each lever changes:
   dynamic shapes, frozen weights) over the training rows: the compile seconds (cold inductor cache),
   steady rows/s, the rows from which compiling pays, and how far the logits move.
 - predict-precision: fp32, bf16 autocast, bf16 weights; rows/s and how often the argmax agrees.
-- predict-batching: 256 rows per batch against batches also closed at a token budget.
+- predict-batching: 256 rows per batch against batches also closed at a token budget: fixed ones and
+  ours (sized by the model's widest activation, lib.data.batching.prediction_token_budget).
 - native-layer: prediction with each BERT layer as PyTorch's `nn.TransformerEncoderLayer` (the same
   weights; its fused inference fast path, with and without nested tensors that skip the padding).
   fp32 only: the fast path does not run under autocast.
@@ -75,15 +76,16 @@ from lib.core.device import autocast
 from lib.core.distributed import Distributed
 from lib.core.errors import UserError
 from lib.data import batching
-from lib.data.batching import EncodedTexts, collate, sorted_batches, training_batches
+from lib.data.batching import EncodedTexts, collate, padded_width, sorted_batches, training_batches
 from lib.finetune.config import TrainConfig
-from lib.finetune.evaluate import predict_logits
+from lib.finetune.evaluate import predict_logits, prediction_batches
 from lib.finetune.losses import FocalLoss
 from lib.finetune.prepare import prepare_new
 from lib.data.mlm import IGNORE_INDEX, DynamicMasker, collate_mlm, masking_generator, pack_sequences
 from lib.loop.averaging import EMA
 from lib.loop.step import ClassifierObjective, WindowShare, accumulate_window, optimizer_step
 from lib.model.attention import INTEGER_DROPOUT_ATTENTION
+from lib.model.backbone import SCRATCH_PRESETS
 from lib.model.mlm import MaskedPositions
 from lib.pretrain.trainer import MaskedLMObjective
 from lib.model.cls_only import classifier_logits, cls_only_forward
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--levers", default=",".join(LEVERS), help="comma-separated: " + ", ".join(LEVERS))
     parser.add_argument("--quick", action="store_true", help="smoke version: 1000 rows, 6 steps, 1 repeat")
-    parser.add_argument("--preset", default="tiny", choices=("tiny", "mini"), help="scratch: model preset")
+    parser.add_argument("--preset", default="tiny", choices=tuple(SCRATCH_PRESETS), help="scratch: model preset")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="training precision")
     parser.add_argument("--train-file", default="data/train.csv")
     parser.add_argument("--rows", type=int, default=8000, help="training rows (a stratified subset)")
@@ -535,8 +537,7 @@ def fixed_lever(bench: Bench) -> None:
 def _compare_forwards(bench: Bench, model: PreTrainedModel, precision: str, forwards: dict[str, Callable]) -> None:
     """Each forward's rate over the same length-sorted prediction batches, and its largest logit
     difference from the first forward's."""
-    batches = sorted_batches(bench.val.lengths, bench.args.eval_batch_size,
-                             batching.prediction_token_budget(torch.device("cpu")))
+    batches = prediction_batches(model, bench.val, bench.args.eval_batch_size, precision, torch.device("cpu"))
     logits: dict[str, np.ndarray] = {}
 
     def timed(name: str) -> float:
@@ -554,8 +555,7 @@ def predict_compile_lever(bench: Bench) -> None:
     a file large enough for the compile to show: the first compiled pass, with a cold inductor cache,
     holds the compiling; the steady passes after it are timed with the eager ones, interleaved."""
     model, data, precision = bench.fresh_model().eval(), bench.train, bench.args.precision
-    batches = sorted_batches(data.lengths, bench.args.eval_batch_size,
-                             batching.prediction_token_budget(torch.device("cpu")))
+    batches = prediction_batches(model, data, bench.args.eval_batch_size, precision, torch.device("cpu"))
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="levers-inductor-")  # cold: the first run's cost
     frozen = frozen_classifier(model)
     compiled = lambda _, input_ids, attention_mask: frozen(input_ids, attention_mask)
@@ -582,13 +582,13 @@ def predict_compile_lever(bench: Bench) -> None:
 
 
 def predict_batching_lever(bench: Bench) -> None:
-    model = bench.fresh_model().eval()
-    lengths = bench.val.lengths
-    rows = bench.args.eval_batch_size
-    plans = {f"{rows} rows per batch": sorted_batches(lengths, rows)}
+    model, data, rows = bench.fresh_model().eval(), bench.val, bench.args.eval_batch_size
+    ours = prediction_batches(model, data, rows, bench.args.precision, torch.device("cpu"))
+    largest = max(len(b) * padded_width(data.lengths[b[0]], data.pad_to_multiple_of) for b in ours)
+    plans = {f"{rows} rows per batch": sorted_batches(data.lengths, rows)}
     for budget in (int(b) for b in bench.args.token_budgets.split(",")):
-        ours = " (ours on a CPU)" if budget == batching.CPU_PREDICTION_TOKENS else ""
-        plans[f"{rows} rows or {budget} tokens{ours}"] = sorted_batches(lengths, rows, budget)
+        plans[f"{rows} rows or {budget} tokens"] = sorted_batches(data.lengths, rows, budget, data.pad_to_multiple_of)
+    plans[f"ours on a CPU (largest batch {largest} tokens)"] = ours
     notes = {name: f"{len(b)} batches" for name, b in plans.items()}
     seconds = _fastest({name: (lambda b=b: _predict_seconds(bench, model, bench.args.precision, batches=b)[0])
                         for name, b in plans.items()}, bench.args.repeats)

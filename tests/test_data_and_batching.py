@@ -6,8 +6,10 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from lib.core.errors import UserError
-from lib.data.batching import (CPU_PREDICTION_TOKENS, EncodedTexts, collate, padding_efficiency,
-                               prediction_token_budget, sorted_batches, training_batches)
+from lib.data.batching import (CPU_ACTIVATION_BYTES, CPU_PREDICTION_TOKENS, EncodedTexts, collate,
+                               padding_efficiency, prediction_token_budget, sorted_batches, training_batches)
+from lib.finetune.evaluate import predict_logits, prediction_batches
+from lib.model.layers import widest_linear
 from lib.data.tables import Columns, read_table, stratified_sample, stratified_split
 from lib.loop.optim import DecayByShape, build_adamw
 from tests.conftest import write_reviews
@@ -88,9 +90,44 @@ def test_prediction_batches_by_a_token_budget_hold_every_row_once_longest_first_
     assert len(sorted_batches(np.array([5000, 3]), 64, max_tokens=1000)[0]) == 1  # a row above the budget alone
 
 
-def test_a_cpu_predicts_in_token_budgeted_batches_and_a_gpu_by_rows_alone():
-    assert prediction_token_budget(torch.device("cpu")) == CPU_PREDICTION_TOKENS
-    assert prediction_token_budget(torch.device("cuda", 0)) is None
+def test_a_token_budget_counts_each_batch_at_its_padded_width():
+    lengths = np.array([33, 33, 33, 33, 9])
+    assert [len(b) for b in sorted_batches(lengths, 64, max_tokens=132)] == [4, 1]
+    assert [len(b) for b in sorted_batches(lengths, 64, max_tokens=132, pad_to_multiple_of=8)] == [3, 2]  # 40 wide
+
+
+@pytest.mark.parametrize("bytes_per_token, tokens", [
+    (512 * 4, 8192),  # scratch:tiny in fp32: 16 MiB fit, the cap holds
+    (1024 * 4, 4096),  # mini in fp32
+    (1024 * 2, 8192),  # mini in bf16
+    (3072 * 4, 1024),  # BERT-base in fp32: 1,365 fit, rounded down to a power of two
+    (3072 * 2, 2048),
+    (CPU_ACTIVATION_BYTES * 2, 1),  # wider than the whole budget: one token, so a row at a time
+])
+def test_a_cpu_budget_keeps_the_widest_activation_within_its_bytes_and_a_gpu_has_none(bytes_per_token, tokens):
+    assert prediction_token_budget(torch.device("cpu"), bytes_per_token) == tokens
+    assert tokens * bytes_per_token <= CPU_ACTIVATION_BYTES or tokens == 1
+    assert tokens <= CPU_PREDICTION_TOKENS
+    assert prediction_token_budget(torch.device("cuda", 0), bytes_per_token) is None
+
+
+def test_prediction_batches_are_sized_by_the_models_widest_layer_and_precision():
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=2 ** 18, num_labels=3))
+    assert widest_linear(model) == 2 ** 18  # the feed-forward's inner layer, not the hidden size or the head
+    data = EncodedTexts([np.arange(1, 2 + i % 7) for i in range(40)], np.zeros(40, dtype=int), pad_token_id=0,
+                        pad_to_multiple_of=4)
+    for precision, tokens in (("fp32", 16), ("bf16", 32)):  # 16 MiB over 1 MiB or 512 KiB per token
+        batches = prediction_batches(model, data, 32, precision, torch.device("cpu"))
+        assert sorted(np.concatenate(batches).tolist()) == list(range(40))
+        assert all(len(b) * -(-data.lengths[b].max() // 4) * 4 <= tokens for b in batches)
+        assert max(len(b) for b in batches) == tokens // 4  # the shortest rows fill it, at 4 wide
+    assert [len(b) for b in prediction_batches(model, data, 32, "fp32", torch.device("cuda"))] == [32, 8]
+    logits = predict_logits(model, data, 32, "fp32", torch.device("cpu"), "eval", False)  # many small batches
+    model.eval()
+    with torch.inference_mode():
+        whole = model(**{k: v for k, v in collate(data, np.arange(40)).items() if k in ("input_ids", "attention_mask")})
+    np.testing.assert_allclose(logits, whole.logits.numpy(), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("multiple, width", [(8, 8), (1, 6)])

@@ -17,10 +17,16 @@ from transformers import PreTrainedTokenizerBase
 
 # HF's get_length_grouped_indices sorts within "megabatches" of this many batches.
 MEGABATCH_BATCHES = 50
-# On a CPU a prediction batch also closes at this many tokens (rows x its longest row). bench/levers.py,
-# scratch tiny and mini in fp32 and bf16 against 256-row batches: 1.02x-1.09x (4,096: 1.00x-1.17x;
-# 16,384: 0.81x-0.89x). Batches whose activations stay in the caches beat larger matrix products.
+# On a CPU a prediction batch also closes at a token budget (rows x its padded width): at most
+# CPU_PREDICTION_TOKENS, and fewer where the batch's widest activation (tokens x the widest layer output
+# x bytes per value) would pass CPU_ACTIVATION_BYTES. Larger activations fall out of the caches and,
+# above glibc's mmap threshold, are mapped afresh and page-faulted in at every batch. bench/levers.py
+# predict-batching and interleaved passes in one process, fp32, against 8,192 tokens: scratch mini
+# (4,096) 1.00x-1.11x, small (2,048) 1.10x, base (1,024) 1.35x-1.41x (once 0.87x in its noisiest
+# cell); against 256-row batches, tiny and mini in fp32 and bf16 at 8,192: 1.02x-1.09x (16,384:
+# 0.81x-0.89x). docs/results.md has the figures.
 CPU_PREDICTION_TOKENS = 8192
+CPU_ACTIVATION_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -201,24 +207,31 @@ def _cut(order: np.ndarray, lengths: np.ndarray, batch_size: int, max_tokens: in
     return batches
 
 
-def sorted_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[np.ndarray]:
+def sorted_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None,
+                   pad_to_multiple_of: int = 1) -> list[np.ndarray]:
     """Evaluation order: longest first, so padding is minimal and memory peaks at once. `max_tokens`
-    also closes a batch before its rows x its longest (first) row would pass that many tokens."""
+    also closes a batch before its rows x its longest (first) row, rounded up as `collate` pads it,
+    would pass that many tokens."""
     order = np.argsort(-lengths, kind="stable")
     if max_tokens is None:
         return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     batches, start = [], 0
     while start < len(order):
-        rows = min(batch_size, max(1, max_tokens // max(1, int(lengths[order[start]]))))
+        width = max(1, padded_width(lengths[order[start]], pad_to_multiple_of))
+        rows = min(batch_size, max(1, max_tokens // width))
         batches.append(order[start:start + rows])
         start += rows
     return batches
 
 
-def prediction_token_budget(device: torch.device) -> int | None:
-    """Tokens per prediction batch on this device: CPU_PREDICTION_TOKENS on a CPU; none on a GPU,
-    where the row cap alone keeps the device busy."""
-    return CPU_PREDICTION_TOKENS if device.type == "cpu" else None
+def prediction_token_budget(device: torch.device, bytes_per_token: int) -> int | None:
+    """Tokens per prediction batch on this device. On a CPU: the largest power of two up to
+    CPU_PREDICTION_TOKENS whose widest activation (`bytes_per_token` each) fits CPU_ACTIVATION_BYTES;
+    none on a GPU, where the row cap alone keeps the device busy."""
+    if device.type != "cpu":
+        return None
+    fitting = max(1, CPU_ACTIVATION_BYTES // max(1, bytes_per_token))
+    return min(CPU_PREDICTION_TOKENS, 1 << (fitting.bit_length() - 1))
 
 
 def padding_efficiency(lengths: np.ndarray, batches: Sequence[np.ndarray]) -> float:

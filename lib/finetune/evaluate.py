@@ -15,13 +15,14 @@ from lib.data.batching import EncodedTexts, collate, prediction_token_budget, so
 from lib.model.attention import attention_implementation, shares_one_config, unchecked_attention
 from lib.model.cls_only import classifier_logits
 from lib.model.compiled import frozen_classifier
+from lib.model.layers import widest_linear
 
 
 def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, precision: str,
                    device: torch.device, desc: str, show_progress: bool, part: tuple[int, int] = (0, 1),
                    compiled: bool = False) -> np.ndarray:
     """fp32 logits in the rows' original order, whatever order the batches ran in. Batches hold at most
-    `batch_size` rows, and on a CPU at most `prediction_token_budget` tokens.
+    `batch_size` rows, and on a CPU at most `prediction_token_budget` tokens (`prediction_batches`).
 
     `part=(k, n)` computes only every n-th length-sorted batch starting at k (one process's share
     of a distributed evaluation); the other rows are left as NaN for the caller to gather.
@@ -33,7 +34,7 @@ def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, 
     model.eval()
     forward = frozen_classifier(model) if compiled else functools.partial(classifier_logits, model)
     logits = np.full((len(data), model.config.num_labels), np.nan, dtype=np.float32)
-    batches = sorted_batches(data.lengths, batch_size, prediction_token_budget(device))[part[0]::part[1]]
+    batches = prediction_batches(model, data, batch_size, precision, device)[part[0]::part[1]]
     chunks = []
     total = sum(len(rows) for rows in batches)
     attention = None if compiled else unchecked_attention(model, device)
@@ -49,6 +50,14 @@ def predict_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, 
         logits[rows] = out.cpu().numpy()
     model.train(was_training)
     return logits
+
+
+def prediction_batches(model: PreTrainedModel, data: EncodedTexts, batch_size: int, precision: str,
+                       device: torch.device) -> list[np.ndarray]:
+    """Length-sorted batches of at most `batch_size` rows and, on a CPU, `prediction_token_budget` tokens
+    for this model's widest activation in `precision`."""
+    budget = prediction_token_budget(device, widest_linear(model) * (4 if precision == "fp32" else 2))
+    return sorted_batches(data.lengths, batch_size, budget, data.pad_to_multiple_of)
 
 
 def gathered_logits(model: PreTrainedModel, data: EncodedTexts, batch_size: int, precision: str,

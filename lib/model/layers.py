@@ -2,7 +2,8 @@
 
 Found from the module structure that BERT, RoBERTa, ELECTRA and DeBERTa-v2 share (`model.base_model`
 with `embeddings` and `encoder.layer`, a ModuleList), not from name lists per architecture. Used by
-the techniques that treat layers differently: layer-wise learning rates and re-initialising the top.
+the techniques that treat layers differently (layer-wise learning rates, re-initialising the top) and
+by prediction, whose CPU batches are sized by the widest layer output.
 """
 
 from __future__ import annotations
@@ -61,3 +62,9 @@ def embedding_level_parameters(model: torch.nn.Module, option: str) -> list[torc
     if top is not None:
         above.update(id(p) for p in top.parameters())
     return [p for p in model.base_model.parameters() if id(p) not in above]
+
+
+def widest_linear(model: torch.nn.Module) -> int:
+    """The widest output of the model's linear layers: in an encoder the feed-forward block's inner width,
+    the widest activation a token has (BERT-base: 3,072)."""
+    return max((m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)), default=1)
